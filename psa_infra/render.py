@@ -1,0 +1,237 @@
+"""Render configs from the Jinja2 templates under ``templates/``.
+
+Two kinds of output come from templates: the Proxmox create parameters of
+each container (``templates/lxc/create.yml.j2``, read back as YAML), and the
+files each role's playbook installs on its host. Rendering is deterministic:
+the same inventory and templates give the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import yaml
+
+from .errors import TemplateError
+from .inventory import Container, Inventory, LoadedInventory
+from .playbooks import FileStep, Playbook, steps_for
+from .secrets import Secret
+
+CREATE_TEMPLATE = "lxc/create.yml.j2"
+CONTEXT_LINES = 2
+
+
+@dataclass(frozen=True)
+class RenderedFile:
+    """A file for one host, ready to be installed."""
+
+    host: str
+    dest: str
+    content: str
+    owner: str
+    group: str
+    mode: str
+    secret: bool
+    template: str
+
+
+class Renderer:
+    """Templates of one project, rendered against one inventory."""
+
+    def __init__(
+        self,
+        templates: Path,
+        loaded: LoadedInventory,
+        secrets: Mapping[str, Secret],
+        ssh_public_key: str | None = None,
+    ) -> None:
+        self.templates = templates
+        self.loaded = loaded
+        self.inventory: Inventory = loaded.inventory
+        self.secrets = dict(secrets)
+        self.ssh_public_key = ssh_public_key
+        self.env = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(str(templates)),
+            undefined=jinja2.StrictUndefined,
+            keep_trailing_newline=True,
+            trim_blocks=True,
+            lstrip_blocks=True,
+            autoescape=False,
+        )
+        self.env.filters["tojson"] = _tojson
+        self.env.filters["js"] = _tojson
+        self.env.filters["mib_fraction"] = _mib_fraction
+
+    def context(self, container: Container, reveal: bool = True) -> dict[str, Any]:
+        """Return the values templates see for one container."""
+        inventory = self.inventory
+        placement = inventory.placement()
+        ordered = [n for n in inventory.app.services if n in container.services]
+        upstreams = {
+            name: {
+                "host": "127.0.0.1" if host is container else str(host.address),
+                "port": host.services[name].port,
+                "container": host.hostname,
+            }
+            for name in inventory.app.services
+            if (host := placement.get(name)) is not None
+        }
+        app_networks = sorted(
+            {str(inventory.networks[c.bridge].subnet) for c in inventory.by_role("app")}
+        )
+
+        def address(role: str) -> str:
+            found = inventory.by_role(role)
+            return str(found[0].address) if found else ""
+
+        return {
+            "inventory": inventory,
+            "proxmox": inventory.proxmox,
+            "container": container,
+            "network": inventory.networks[container.bridge],
+            "node": inventory.node_of(container),
+            "services": {n: container.services[n] for n in ordered},
+            "upstreams": upstreams,
+            "app_networks": app_networks,
+            "hosts": {
+                "postgresql": address("postgresql"),
+                "redis": address("redis"),
+                "rabbitmq": address("rabbitmq"),
+                "elasticsearch": address("elasticsearch"),
+            },
+            "secrets": {
+                name: (s.reveal() if reveal else str(s)) for name, s in self.secrets.items()
+            },
+            "ssh_public_key": self.ssh_public_key,
+        }
+
+    def render(self, name: str, context: Mapping[str, Any]) -> str:
+        """Render one template; errors name the template and line."""
+        try:
+            template = self.env.get_template(name)
+            return template.render(context)
+        except jinja2.TemplateSyntaxError as exc:
+            raise self._error(exc.name or name, exc.lineno, exc.message or str(exc)) from None
+        except jinja2.TemplateNotFound as exc:
+            raise TemplateError(
+                f"template {exc.name} not found under {self.templates}",
+                hint="check the playbook's file step or restore the template",
+            ) from None
+        except (jinja2.UndefinedError, TypeError, ValueError, KeyError) as exc:
+            line = _template_line(exc, self.templates)
+            raise self._error(
+                line[0] if line else name, line[1] if line else None, str(exc)
+            ) from None
+
+    def create_params(self, container: Container) -> dict[str, Any]:
+        """Return the Proxmox API parameters that create ``container``."""
+        text = self.render(CREATE_TEMPLATE, self.context(container, reveal=False))
+        try:
+            params = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise TemplateError(
+                f"{CREATE_TEMPLATE} did not render to valid YAML for "
+                f"{container.hostname}: {exc}"
+            ) from None
+        if not isinstance(params, dict):
+            raise TemplateError(f"{CREATE_TEMPLATE} must render to a mapping")
+        return {k: v for k, v in params.items() if v is not None and v != ""}
+
+    def files(
+        self, container: Container, playbooks: Mapping[str, Playbook], reveal: bool = True
+    ) -> list[RenderedFile]:
+        """Render every file the playbooks install on ``container``."""
+        context = self.context(container, reveal=reveal)
+        rendered = []
+        for playbook_name, step in steps_for(dict(playbooks), container.role):
+            if step.file is None or not self._wanted(step.file, context, playbook_name):
+                continue
+            rendered.append(
+                RenderedFile(
+                    host=container.hostname,
+                    dest=step.file.dest,
+                    content=self.render(step.file.template, context),
+                    owner=step.file.owner,
+                    group=step.file.group,
+                    mode="0600" if step.file.secret else step.file.mode,
+                    secret=step.file.secret,
+                    template=step.file.template,
+                )
+            )
+        return rendered
+
+    def _wanted(self, step: FileStep, context: Mapping[str, Any], playbook: str) -> bool:
+        if step.when is None:
+            return True
+        try:
+            return bool(self.env.compile_expression(step.when)(**context))
+        except jinja2.TemplateError as exc:
+            raise TemplateError(
+                f"playbooks/{playbook}.yml: file {step.dest}: bad 'when' "
+                f"expression {step.when!r}: {exc}"
+            ) from None
+
+    def _error(self, name: str, line: int | None, message: str) -> TemplateError:
+        where = f"{name}" + (f" line {line}" if line else "")
+        excerpt = ""
+        path = self.templates / name
+        if line and path.is_file():
+            lines = path.read_text(encoding="utf-8").splitlines()
+            start = max(line - 1 - CONTEXT_LINES, 0)
+            shown = lines[start : line + CONTEXT_LINES]
+            excerpt = "\n" + "\n".join(
+                f"{'>' if start + i + 1 == line else ' '} {start + i + 1:4} | {text}"
+                for i, text in enumerate(shown)
+            )
+        return TemplateError(f"template {where}: {message}{excerpt}")
+
+
+def _template_line(exc: BaseException, templates: Path) -> tuple[str, int] | None:
+    """Find the template file and line where a render error was raised."""
+    root = str(templates.resolve())
+    found = None
+    for frame in traceback.extract_tb(exc.__traceback__):
+        if frame.filename.startswith(root) and frame.lineno:
+            found = (str(Path(frame.filename).resolve().relative_to(root)), frame.lineno)
+    return found
+
+
+def _tojson(value: Any) -> str:
+    """Quote a value for JSON, YAML or JavaScript source."""
+    if hasattr(value, "model_dump"):
+        value = value.model_dump(mode="json")
+    return json.dumps(value, default=str, sort_keys=False)
+
+
+def _mib_fraction(mib: int, fraction: float, minimum: int = 1) -> int:
+    """Return a whole share of a size in MiB, never below ``minimum``."""
+    return max(int(mib * fraction), minimum)
+
+
+def write_files(files: list[RenderedFile], out: Path) -> list[Path]:
+    """Write rendered files under ``out/<host>/<dest>``; secret files are 0600."""
+    written = []
+    for item in files:
+        path = out / item.host / item.dest.lstrip("/")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        mode = 0o600 if item.secret else int(item.mode, 8) & 0o755
+        temporary = path.with_name(path.name + ".tmp")
+        temporary.unlink(missing_ok=True)
+        fd = _open_private(temporary, mode)
+        with open(fd, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(item.content)
+        temporary.chmod(mode)
+        temporary.replace(path)
+        written.append(path)
+    return written
+
+
+def _open_private(path: Path, mode: int) -> int:
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
