@@ -247,3 +247,32 @@ def check_inventory(loaded: LoadedInventory, root: Path | None = None) -> list[s
         raise InventoryError(report.problems[0], problems=report.problems)
     loaded.warnings = report.warnings
     return report.warnings
+
+
+def check_coexistence(first: LoadedInventory, second: LoadedInventory) -> None:
+    """Check that two layouts can share one cluster during a migration.
+
+    A vmid or address used by both must belong to the same container (same
+    hostname) in each; otherwise creating one layout's container would take
+    the other's place.
+    """
+    problems = []
+    for attribute in ("vmid", "address"):
+        theirs = {
+            getattr(c, attribute): (i, c) for i, c in enumerate(second.inventory.containers)
+        }
+        for index, container in enumerate(first.inventory.containers):
+            match = theirs.get(getattr(container, attribute))
+            if match is None or match[1].hostname == container.hostname:
+                continue
+            other_index, other = match
+            loc: Loc = ("containers", index, attribute)
+            other_loc: Loc = ("containers", other_index, attribute)
+            problems.append(
+                f"{first.document.where(loc)}: {format_loc(loc)}: {attribute} "
+                f"{getattr(container, attribute)} is {container.hostname} here but "
+                f"{other.hostname} in {second.document.where(other_loc)}; both layouts "
+                "share the cluster while services migrate, so each must be unique"
+            )
+    if problems:
+        raise InventoryError(problems[0], problems=problems)

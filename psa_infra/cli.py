@@ -1,0 +1,397 @@
+"""The ``psa-infra`` command line: parse, call the engine, print.
+
+Results go to stdout, progress and errors to stderr. Every error the engine
+raises is a :class:`~psa_infra.errors.PsaInfraError` and is printed as
+``psa-infra: error: ...`` with a hint and its exit code; anything else prints
+one line and the path of a file holding the full trace.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import tempfile
+import traceback
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, NoReturn
+
+import typer
+from typer.exceptions import Abort, Exit, TyperException
+
+from .errors import ExitCode, InventoryError, PsaInfraError
+
+if TYPE_CHECKING:
+    from .inventory import LoadedInventory
+    from .project import Project
+
+log = logging.getLogger("psa_infra")
+
+app = typer.Typer(
+    name="psa-infra",
+    help=(
+        "Build and run the PSA platform on Proxmox VE LXC containers.\n\n"
+        "Example: psa-infra validate && psa-infra plan --offline inventory/mvp.yml"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@dataclass
+class Options:
+    """Options given before the command."""
+
+    root: Path | None = None
+    verbose: int = 0
+    debug: bool = False
+
+
+class Format(str, Enum):
+    text = "text"
+    json = "json"
+    markdown = "markdown"
+
+
+InventoryArg = Annotated[
+    Path | None,
+    typer.Argument(
+        help="Inventory file (default: inventory/mvp.yml under the project root).",
+        show_default=False,
+    ),
+]
+
+
+def _options(ctx: typer.Context) -> Options:
+    options = ctx.find_root().obj
+    return options if isinstance(options, Options) else Options()
+
+
+def _setup_logging(options: Options) -> None:
+    level = logging.DEBUG if options.debug else (
+        logging.INFO if options.verbose else logging.WARNING
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    # Library loggers (urllib3, paramiko) speak only under --debug.
+    root.setLevel(logging.DEBUG if options.debug else logging.WARNING)
+    logging.getLogger("psa_infra").setLevel(level)
+
+
+@app.callback()
+def _main(
+    ctx: typer.Context,
+    root: Annotated[
+        Path | None,
+        typer.Option(
+            "--root",
+            envvar="PSA_INFRA_ROOT",
+            help="Project root, the folder holding inventory/ (default: found upwards "
+            "from the current folder).",
+            show_default=False,
+        ),
+    ] = None,
+    verbose: Annotated[
+        int, typer.Option("--verbose", "-v", count=True, help="Show progress (INFO).")
+    ] = 0,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show API calls and commands, and library logs.")
+    ] = False,
+) -> None:
+    ctx.obj = Options(root=root, verbose=verbose, debug=debug)
+    _setup_logging(ctx.obj)
+
+
+def project_of(ctx: typer.Context) -> Project:
+    """The project the command works on."""
+    from .project import find_project
+
+    return find_project(_options(ctx).root)
+
+
+def load(project: Project, given: Path | None) -> LoadedInventory:
+    """Load and check one inventory, printing its warnings to stderr."""
+    from .inventory import load_inventory
+
+    path = project.inventory_path(given)
+    loaded = load_inventory(path, project.shown(path), project.root)
+    for warning in loaded.warnings:
+        print(f"psa-infra: warning: {warning}", file=sys.stderr)
+    return loaded
+
+
+def stdout_console(color: bool | None = None):  # type: ignore[no-untyped-def]
+    """A console on the current stdout (looked up at call time for tests)."""
+    from .output import console
+
+    return console(sys.stdout, color)
+
+
+@app.command()
+def validate(
+    ctx: typer.Context,
+    inventories: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            help="Inventory files (default: every file in inventory/).", show_default=False
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
+) -> None:
+    """Check inventories before anything touches a server.
+
+    Checks the schema, unknown keys, unique vmids, hostnames and addresses,
+    subnets and gateways, ports, service placement, node sizes, secret
+    references and the PostgreSQL connection budget. Given several
+    inventories, also checks that they can share the cluster during a
+    migration. Nothing is sent to Proxmox or any host.
+
+    Example: psa-infra validate inventory/mvp.yml inventory/production.yml
+    """
+    import json
+
+    from .checks import check_coexistence
+    from .plan import budget_facts
+
+    project = project_of(ctx)
+    paths = [project.inventory_path(p) for p in inventories or project.inventories()]
+    if not paths:
+        raise InventoryError(f"no inventory files in {project.shown(project.inventory_dir)}")
+    loaded, problems = [], []
+    for path in paths:
+        try:
+            loaded.append(load(project, path))
+        except InventoryError as exc:
+            problems.extend(exc.problems)
+    for index, first in enumerate(loaded):
+        for second in loaded[index + 1 :]:
+            try:
+                check_coexistence(first, second)
+            except InventoryError as exc:
+                problems.extend(exc.problems)
+    if problems:
+        raise InventoryError(problems[0], problems=problems)
+    results = [
+        {
+            "inventory": str(item.path),
+            "name": item.inventory.name,
+            "containers": len(item.inventory.containers),
+            "services": len(item.inventory.app.services),
+            "connection_budget": budget_facts(item),
+            "warnings": item.warnings,
+        }
+        for item in loaded
+    ]
+    if as_json:
+        print(json.dumps({"valid": True, "inventories": results}, indent=2))
+        return
+    for result in results:
+        budget = result["connection_budget"]
+        print(
+            f"{result['inventory']}: valid ({result['containers']} containers, "
+            f"{result['services']} services; PostgreSQL connections "
+            f"{budget['needed']} of {budget['max_connections']})"
+        )
+
+
+@app.command()
+def render(
+    ctx: typer.Context,
+    inventory: InventoryArg = None,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder to write into, one sub-folder per host.")
+    ] = Path("out"),
+    host: Annotated[
+        list[str] | None,
+        typer.Option("--only", help="Only this container (hostname or vmid); repeatable."),
+    ] = None,
+    mask_secrets: Annotated[
+        bool,
+        typer.Option(
+            "--mask-secrets",
+            help="Write masks instead of secret values (for review; needs no secrets).",
+        ),
+    ] = False,
+) -> None:
+    """Render every config file per host into a folder.
+
+    Writes OUT/<hostname>/<path on the host> for each file the playbooks
+    install, and OUT/<hostname>/proxmox-create.json with the container's
+    Proxmox create parameters. The output is the same byte for byte on every
+    run. Secret values are read from their references (environment or file);
+    files that hold them are written with mode 0600.
+
+    Example: psa-infra render inventory/production.yml --out build/rendered
+    """
+    import json
+
+    from .playbooks import load_playbooks
+    from .render import RenderedFile, Renderer, write_files
+    from .secrets import masked_secrets, resolve_secrets
+
+    project = project_of(ctx)
+    loaded = load(project, inventory)
+    secrets = masked_secrets(loaded) if mask_secrets else resolve_secrets(loaded)
+    renderer = Renderer(project.templates, loaded, secrets, _public_key(loaded))
+    playbooks = load_playbooks(project.playbooks, project.shown(project.playbooks))
+    containers = (
+        [loaded.inventory.find(key) for key in host] if host else loaded.inventory.containers
+    )
+    files: list[RenderedFile] = []
+    for container in containers:
+        params = renderer.create_params(container)
+        files.append(
+            RenderedFile(
+                host=container.hostname,
+                dest="/proxmox-create.json",
+                content=json.dumps(params, indent=2) + "\n",
+                owner="root",
+                group="root",
+                mode="0644",
+                secret=False,
+                template="lxc/create.yml.j2",
+            )
+        )
+        files.extend(renderer.files(container, playbooks, reveal=not mask_secrets))
+    written = write_files(files, out)
+    for item, path in zip(files, written, strict=True):
+        print(f"{path}  {'0600 secret' if item.secret else item.mode}")
+    print(f"{len(written)} files for {len(containers)} hosts in {out}", file=sys.stderr)
+
+
+def _public_key(loaded: LoadedInventory) -> str | None:
+    """The SSH public key given to new containers, when it can be read."""
+    path = Path(loaded.inventory.ssh.public_key).expanduser()
+    try:
+        return path.read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None
+
+
+@app.command()
+def plan(
+    ctx: typer.Context,
+    inventory: InventoryArg = None,
+    offline: Annotated[
+        bool,
+        typer.Option("--offline", help="Plan without reading the cluster (for CI)."),
+    ] = False,
+    output_format: Annotated[
+        Format, typer.Option("--format", "-f", help="Output format.")
+    ] = Format.text,
+    as_json: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
+    detailed_exitcode: Annotated[
+        bool,
+        typer.Option(
+            "--detailed-exitcode",
+            help="Exit 0 when there is nothing to do, 2 when there are changes, 1 on error.",
+        ),
+    ] = False,
+) -> None:
+    """Show what provisioning would do, in the order it would do it.
+
+    With --offline, nothing is read from Proxmox or the hosts: every
+    container is shown as created and every file and setup step as applied,
+    which is what a fresh cluster needs. Secrets are never read; files that
+    hold them are marked and their content is not summarised.
+
+    Example: psa-infra plan --offline inventory/production.yml --format markdown
+    """
+    from .playbooks import load_playbooks
+    from .plan import offline_plan
+    from .render import Renderer
+    from .secrets import masked_secrets
+
+    if not offline:
+        raise PsaInfraError(
+            "plan against a live cluster is not available in this version",
+            hint="use --offline",
+        )
+    project = project_of(ctx)
+    loaded = load(project, inventory)
+    renderer = Renderer(
+        project.templates,
+        loaded,
+        masked_secrets(loaded),
+        _public_key(loaded) or f"(read from {loaded.inventory.ssh.public_key})",
+    )
+    playbooks = load_playbooks(project.playbooks, project.shown(project.playbooks))
+    result = offline_plan(loaded, renderer, playbooks, str(loaded.path))
+    show_plan(result, Format.json if as_json else output_format)
+    if detailed_exitcode and result.has_changes:
+        raise typer.Exit(ExitCode.CHANGES)
+
+
+def show_plan(result: object, output_format: Format) -> None:
+    """Print a plan to stdout in the chosen format."""
+    from .output import plan_json, plan_markdown, plan_text
+    from .plan import Plan
+
+    assert isinstance(result, Plan)
+    if output_format is Format.json:
+        plan_json(result, sys.stdout)
+    elif output_format is Format.markdown:
+        plan_markdown(result, sys.stdout)
+    else:
+        plan_text(result, stdout_console())
+
+
+def _report(error: PsaInfraError) -> None:
+    problems = getattr(error, "problems", None) or [error.message]
+    for problem in problems:
+        print(f"psa-infra: error: {problem}", file=sys.stderr)
+    if len(problems) > 1:
+        print(f"psa-infra: {len(problems)} problems found", file=sys.stderr)
+    if error.hint:
+        print(f"hint: {error.hint}", file=sys.stderr)
+
+
+def _crash(exc: BaseException) -> int:
+    fd, name = tempfile.mkstemp(prefix="psa-infra-crash-", suffix=".log")
+    with open(fd, "w", encoding="utf-8") as handle:
+        handle.write("".join(traceback.format_exception(exc)))
+    frame = traceback.extract_tb(exc.__traceback__)[-1:] or None
+    where = f" at {frame[0].filename}:{frame[0].lineno}" if frame else ""
+    print(
+        f"psa-infra: internal error: {type(exc).__name__}{where}; "
+        f"the full trace is in {name}",
+        file=sys.stderr,
+    )
+    print("hint: this is a bug in psa-infra; please report it with that file", file=sys.stderr)
+    return ExitCode.ERROR
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit code instead of exiting."""
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=argv, prog_name="psa-infra", standalone_mode=False)
+    except Exit as exc:
+        return exc.exit_code
+    except TyperException as exc:
+        show = getattr(exc, "show", None)
+        if show is not None:
+            show()
+        else:
+            print(f"psa-infra: error: {exc.format_message()}", file=sys.stderr)
+        return exc.exit_code
+    except (Abort, KeyboardInterrupt):
+        print("psa-infra: interrupted", file=sys.stderr)
+        return ExitCode.INTERRUPTED
+    except PsaInfraError as exc:
+        _report(exc)
+        return exc.exit_code
+    except Exception as exc:  # noqa: BLE001 - the one place that catches all
+        return _crash(exc)
+    return result if isinstance(result, int) else ExitCode.OK
+
+
+def main() -> NoReturn:
+    """Entry point of the ``psa-infra`` command."""
+    sys.exit(run())
