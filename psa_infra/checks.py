@@ -24,9 +24,15 @@ class _Report:
         self.document = loaded.document
         self.problems: list[str] = []
         self.warnings: list[str] = []
+        self._lines: dict[str, int] = {}
 
     def error(self, loc: Loc, message: str) -> None:
-        self.problems.append(f"{self.document.where(loc)}: {format_loc(loc)}: {message}")
+        text = f"{self.document.where(loc)}: {format_loc(loc)}: {message}"
+        self.problems.append(text)
+        self._lines[text] = self.document.line(loc) or 0
+
+    def line_of(self, problem: str) -> int:
+        return self._lines.get(problem, 0)
 
     def warn(self, loc: Loc, message: str) -> None:
         self.warnings.append(f"{self.document.where(loc)}: {format_loc(loc)}: {message}")
@@ -52,9 +58,10 @@ def _unique(report: _Report, inventory: Inventory) -> None:
             value = getattr(container, attribute)
             if value in first:
                 other = inventory.containers[first[value]]
+                owner = f"container {other.vmid}" if attribute == "hostname" else other.hostname
                 report.error(
                     ("containers", index, attribute),
-                    f"{attribute} {value} is already used by {other.hostname}"
+                    f"{attribute} {value} is already used by {owner}"
                     + report.line(("containers", first[value], attribute)),
                 )
             else:
@@ -132,6 +139,12 @@ def _services(report: _Report, inventory: Inventory) -> None:
             report.error(("app", "services"), f"service '{name}' is listed {count} times")
     placed: dict[str, int] = {}
     for index, container in enumerate(inventory.containers):
+        if container.services and container.role != "app":
+            report.error(
+                ("containers", index, "services"),
+                f"services run only on containers of role 'app', not '{container.role}'",
+            )
+            continue
         for name in container.services:
             loc: Loc = ("containers", index, "services", name)
             if name not in wanted:
@@ -244,7 +257,8 @@ def check_inventory(loaded: LoadedInventory, root: Path | None = None) -> list[s
     _secrets(report, inventory, root)
     _budget(report, inventory)
     if report.problems:
-        raise InventoryError(report.problems[0], problems=report.problems)
+        problems = sorted(report.problems, key=report.line_of)
+        raise InventoryError(problems[0], problems=problems)
     loaded.warnings = report.warnings
     return report.warnings
 

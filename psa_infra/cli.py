@@ -163,12 +163,13 @@ def validate(
     paths = [project.inventory_path(p) for p in inventories or project.inventories()]
     if not paths:
         raise InventoryError(f"no inventory files in {project.shown(project.inventory_dir)}")
-    loaded, problems = [], []
+    loaded, problems, hints = [], [], []
     for path in paths:
         try:
             loaded.append(load(project, path))
         except InventoryError as exc:
             problems.extend(exc.problems)
+            hints.append(exc.hint)
     for index, first in enumerate(loaded):
         for second in loaded[index + 1 :]:
             try:
@@ -176,7 +177,8 @@ def validate(
             except InventoryError as exc:
                 problems.extend(exc.problems)
     if problems:
-        raise InventoryError(problems[0], problems=problems)
+        hint = next((h for h in hints if h), None)
+        raise InventoryError(problems[0], hint=hint, problems=problems)
     results = [
         {
             "inventory": str(item.path),

@@ -40,6 +40,7 @@ ROLE_PORTS: dict[str, dict[str, int]] = {
     "app": {},
 }
 SSH_PORT = 22
+VMID_MIN, VMID_MAX = 100, 180
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]i?B?|[KMGT]|B)?\s*$", re.IGNORECASE)
 _SCALE = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
@@ -262,7 +263,7 @@ class AppSettings(_Model):
 class Container(_Model):
     """One LXC container and what runs in it."""
 
-    vmid: int = Field(ge=100, le=180)
+    vmid: int
     hostname: str
     role: Role
     node: str | None = None
@@ -276,6 +277,15 @@ class Container(_Model):
     tags: list[str] = Field(default_factory=list)
     description: str | None = None
     onboot: bool | None = None
+
+    @field_validator("vmid")
+    @classmethod
+    def _vmid(cls, value: int) -> int:
+        if not VMID_MIN <= value <= VMID_MAX:
+            raise ValueError(
+                f"vmid {value} is outside psa-infra's range {VMID_MIN}-{VMID_MAX}"
+            )
+        return value
 
     @field_validator("hostname")
     @classmethod
@@ -293,12 +303,6 @@ class Container(_Model):
             if not re.fullmatch(r"[a-z0-9][a-z0-9_.+-]*", tag):
                 raise ValueError(f"'{tag}' is not a Proxmox tag (a-z, 0-9, _ . + -)")
         return tags
-
-    @model_validator(mode="after")
-    def _services_only_on_app(self) -> Container:
-        if self.services and self.role != "app":
-            raise ValueError(f"services can only be placed on role 'app', not '{self.role}'")
-        return self
 
 
 class Inventory(_Model):
@@ -383,7 +387,30 @@ def _model_at(loc: Loc) -> type[BaseModel] | None:
     return None
 
 
-def _describe(error: Any, document: Document) -> str:
+_FRIENDLY = {
+    "greater_than": "must be greater than {gt}",
+    "greater_than_equal": "must be at least {ge}",
+    "less_than": "must be less than {lt}",
+    "less_than_equal": "must be at most {le}",
+    "too_short": "must not be empty",
+    "string_pattern_mismatch": "does not have the expected form ({pattern})",
+    "int_parsing": "must be a whole number",
+    "int_type": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "bool_parsing": "must be true or false",
+    "bool_type": "must be true or false",
+    "string_type": "must be a text value",
+    "list_type": "must be a list",
+    "dict_type": "must be a mapping of keys",
+    "model_type": "must be a mapping of keys",
+    "model_attributes_type": "must be a mapping of keys",
+    "ip_v4_address": "must be an IPv4 address",
+    "ip_v4_network": "must be an IPv4 network such as 10.0.20.0/24",
+    "literal_error": "must be one of {expected}",
+}
+
+
+def _describe(error: Any, document: Document) -> tuple[int, str]:
     loc: Loc = tuple(error["loc"])
     kind = error["type"]
     key = format_loc(loc)
@@ -397,13 +424,16 @@ def _describe(error: Any, document: Document) -> str:
     elif kind == "missing":
         message = "required key is missing"
     else:
-        message = error["msg"]
-        message = message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
-        if kind.endswith("_type") or kind.endswith("_parsing"):
+        if kind in _FRIENDLY:
+            message = _FRIENDLY[kind].format(**error.get("ctx", {}))
+        else:
+            message = error["msg"]
+            message = message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        if kind != "value_error":
             shown = error.get("input")
             if isinstance(shown, str | int | float | bool):
                 message = f"{message} (got {shown!r})"
-    return f"{document.where(loc)}: {key}: {message}"
+    return document.line(loc) or 0, f"{document.where(loc)}: {key}: {message}"
 
 
 def parse_inventory(document: Document) -> Inventory:
@@ -413,13 +443,8 @@ def parse_inventory(document: Document) -> Inventory:
     try:
         return Inventory.model_validate(document.data)
     except ValidationError as exc:
-        seen: set[str] = set()
-        problems = []
-        for error in exc.errors():
-            text = _describe(error, document)
-            if text not in seen:
-                seen.add(text)
-                problems.append(text)
+        described = sorted({_describe(error, document) for error in exc.errors()})
+        problems = [text for _, text in described]
         raise InventoryError(problems[0], problems=problems) from None
 
 

@@ -103,7 +103,10 @@ def load_yaml(path: Path, display: Path | None = None) -> Document:
         mark = exc.problem_mark or exc.context_mark
         line = f" line {mark.line + 1}" if mark else ""
         problem = exc.problem or exc.context or "invalid YAML"
-        raise InventoryError(f"{shown}{line}: invalid YAML: {problem}") from None
+        raise InventoryError(
+            f"{shown}{line}: invalid YAML: {problem}",
+            hint="check the indentation there, and quote values that contain ': '",
+        ) from None
     except yaml.YAMLError as exc:
         raise InventoryError(f"{shown}: invalid YAML: {exc}") from None
     if node is None:
