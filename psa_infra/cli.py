@@ -295,18 +295,29 @@ def plan(
             help="Exit 0 when there is nothing to do, 2 when there are changes, 1 on error.",
         ),
     ] = False,
+    baseline: Annotated[
+        Path | None,
+        typer.Option(
+            "--baseline",
+            help="With --offline: a JSON plan of another revision; show only what "
+            "differs from it.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Show what provisioning would do, in the order it would do it.
 
     With --offline, nothing is read from Proxmox or the hosts: every
     container is shown as created and every file and setup step as applied,
-    which is what a fresh cluster needs. Secrets are never read; files that
-    hold them are marked and their content is not summarised.
+    which is what a fresh cluster needs. With --baseline, only what differs
+    from the plan of another revision is shown, so CI can say what a change
+    would do. Secrets are never read: files that hold them are rendered with
+    masks and marked secret.
 
     Example: psa-infra plan --offline inventory/production.yml --format markdown
     """
     from .playbooks import load_playbooks
-    from .plan import offline_plan
+    from .plan import compare_with_baseline, offline_plan
     from .render import Renderer
     from .secrets import masked_secrets
 
@@ -325,9 +336,28 @@ def plan(
     )
     playbooks = load_playbooks(project.playbooks, project.shown(project.playbooks))
     result = offline_plan(loaded, renderer, playbooks, str(loaded.path))
+    if baseline is not None:
+        result = compare_with_baseline(result, _read_json(baseline), str(baseline))
     show_plan(result, Format.json if as_json else output_format)
     if detailed_exitcode and result.has_changes:
         raise typer.Exit(ExitCode.CHANGES)
+
+
+def _read_json(path: Path) -> dict[str, object]:
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise PsaInfraError(f"{path}: cannot read: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise PsaInfraError(
+            f"{path} line {exc.lineno}: not JSON: {exc.msg}",
+            hint="make it with: psa-infra plan --offline --json INVENTORY > FILE",
+        ) from None
+    if not isinstance(data, dict):
+        raise PsaInfraError(f"{path}: not a psa-infra plan")
+    return data
 
 
 def show_plan(result: object, output_format: Format) -> None:

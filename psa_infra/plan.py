@@ -148,9 +148,9 @@ def setup_actions(
                 template=rendered.template,
                 size=len(rendered.content.encode()),
                 secret=rendered.secret,
+                # Of the rendering with secrets masked, for secret files.
+                sha256=hashlib.sha256(rendered.content.encode()).hexdigest(),
             )
-            if not rendered.secret:
-                details["sha256"] = hashlib.sha256(rendered.content.encode()).hexdigest()
             kind = "file"
         else:
             kind = "step"
@@ -191,7 +191,9 @@ def offline_plan(
     for container in inventory.containers:
         plan.actions.append(
             create_action(
-                container, inventory.node_of(container), renderer.create_params(container)
+                container,
+                inventory.node_of(container),
+                renderer.create_params(container),
             )
         )
     ordered = sorted(inventory.containers, key=lambda c: PHASES.index(phase_of(c)))
@@ -203,3 +205,128 @@ def offline_plan(
             "be reachable from its container"
         )
     return plan
+
+
+# Create parameters Proxmox cannot change on an existing container.
+REPLACE_KEYS = ("ostemplate", "unprivileged")
+
+
+def _rootfs(value: Any) -> tuple[str, int]:
+    storage, _, size = str(value).partition(":")
+    try:
+        return storage, int(size.split(",")[0].removesuffix("G"))
+    except ValueError:
+        return storage, 0
+
+
+def _replace_reason(old: Mapping[str, Any], new: Mapping[str, Any]) -> str | None:
+    for key in REPLACE_KEYS:
+        if key in old and old.get(key) != new.get(key):
+            return f"{key} cannot be changed on an existing container"
+    old_storage, old_size = _rootfs(old.get("rootfs", ""))
+    new_storage, new_size = _rootfs(new.get("rootfs", ""))
+    if old_storage != new_storage:
+        return f"root disk storage changes from {old_storage} to {new_storage}"
+    if new_size < old_size:
+        return f"root disk shrinks from {old_size} to {new_size} GiB"
+    return None
+
+
+def compare_with_baseline(
+    current: Plan, baseline: Mapping[str, Any], source: str
+) -> Plan:
+    """Keep only what differs from a baseline plan of the same kind.
+
+    ``baseline`` is the JSON of an offline plan made from another revision
+    of the project (typically the branch a merge request targets); the result
+    says what the change would do to a cluster already at that revision.
+    """
+    from .errors import PsaInfraError
+
+    if (
+        baseline.get("format_version") != FORMAT_VERSION
+        or baseline.get("mode") != "offline"
+    ):
+        raise PsaInfraError(
+            f"{source} is not an offline plan in format {FORMAT_VERSION}",
+            hint="make it with: psa-infra plan --offline --json INVENTORY > FILE",
+        )
+    old_actions = baseline.get("actions", [])
+    old_created = {a["vmid"]: a for a in old_actions if a.get("kind") == "create"}
+    old_files = {
+        (a["host"], a["details"].get("dest")): a
+        for a in old_actions
+        if a.get("kind") == "file"
+    }
+    old_steps = {
+        (a["host"], a["summary"]) for a in old_actions if a.get("kind") == "step"
+    }
+    result = Plan(
+        inventory=current.inventory,
+        name=current.name,
+        mode="offline",
+        warnings=current.warnings,
+        facts={**current.facts, "baseline": source},
+        notes=[f"compared with the plan in {source}: only differences are shown"],
+    )
+    current_vmids = set()
+    for action in current.actions:
+        if action.kind == "create":
+            current_vmids.add(action.vmid)
+            before = old_created.get(action.vmid)
+            if before is None:
+                result.actions.append(action)
+                continue
+            old_params = before["details"].get("params", {})
+            new_params = action.details.get("params", {})
+            changes = {
+                key: {"old": old_params.get(key), "new": new_params.get(key)}
+                for key in sorted(set(old_params) | set(new_params))
+                if old_params.get(key) != new_params.get(key)
+            }
+            if not changes:
+                continue
+            reason = _replace_reason(old_params, new_params)
+            result.actions.append(
+                Action(
+                    kind="replace" if reason else "update",
+                    phase=PHASE_CONTAINERS,
+                    host=action.host,
+                    vmid=action.vmid,
+                    summary=(
+                        f"replace container {action.vmid}: {reason}"
+                        if reason
+                        else f"update container {action.vmid}: {', '.join(changes)}"
+                    ),
+                    details={
+                        "changes": changes,
+                        **({"reason": reason} if reason else {}),
+                    },
+                )
+            )
+        elif action.kind == "file":
+            before = old_files.get((action.host, action.details.get("dest")))
+            keys = ("sha256", "mode", "owner", "group")
+            if before is None or any(
+                before["details"].get(k) != action.details.get(k) for k in keys
+            ):
+                result.actions.append(action)
+        elif action.kind == "step":
+            if (action.host, action.summary) not in old_steps:
+                result.actions.append(action)
+    for vmid, before in sorted(old_created.items()):
+        if vmid not in current_vmids:
+            result.actions.append(
+                Action(
+                    kind="unmanaged",
+                    phase=PHASE_CONTAINERS,
+                    host=before["host"],
+                    vmid=vmid,
+                    summary=f"container {vmid} ({before['host']}) left the inventory",
+                    details={
+                        "reason": "psa-infra never destroys a container; remove it by "
+                        "hand once its data is safe"
+                    },
+                )
+            )
+    return result
