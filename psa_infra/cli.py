@@ -24,7 +24,11 @@ from .errors import ExitCode, InventoryError, PsaInfraError
 
 if TYPE_CHECKING:
     from .inventory import LoadedInventory
+    from .plan import Plan
     from .project import Project
+    from .provision import Outcome
+    from .proxmox import Client
+    from .pveplan import Diff
 
 log = logging.getLogger("psa_infra")
 
@@ -322,10 +326,11 @@ def plan(
     from .secrets import masked_secrets
 
     if not offline:
-        raise PsaInfraError(
-            "plan against a live cluster is not available in this version",
-            hint="use --offline",
-        )
+        live = live_plan(ctx, inventory)
+        show_plan(live, Format.json if as_json else output_format)
+        if detailed_exitcode and live.has_changes:
+            raise typer.Exit(ExitCode.CHANGES)
+        return
     project = project_of(ctx)
     loaded = load(project, inventory)
     renderer = Renderer(
@@ -358,6 +363,246 @@ def _read_json(path: Path) -> dict[str, object]:
     if not isinstance(data, dict):
         raise PsaInfraError(f"{path}: not a psa-infra plan")
     return data
+
+
+def _client(ca_file: Path | None = None, insecure: bool = False) -> Client:
+    """A Proxmox API client from the environment and the TLS flags."""
+    from .proxmox import Client, settings_from_env
+
+    settings = settings_from_env(
+        ca_file=str(ca_file) if ca_file else None, insecure=insecure
+    )
+    if insecure:
+        print(
+            f"psa-infra: warning: TLS verification is off (--insecure): anyone between "
+            f"here and {settings.url} can read the credentials and change the answers",
+            file=sys.stderr,
+        )
+    return Client(settings)
+
+
+def live_plan(ctx: typer.Context, inventory: Path | None) -> Plan:
+    """Plan the containers against the cluster (reads only)."""
+    from .provision import live_plan as make_plan
+    from .provision import read_plan
+    from .render import Renderer
+    from .secrets import masked_secrets
+
+    project = project_of(ctx)
+    loaded = load(project, inventory)
+    renderer = Renderer(
+        project.templates, loaded, masked_secrets(loaded), _public_key(loaded)
+    )
+    client = _client()
+    try:
+        _, _, result, problems, _ = read_plan(client, loaded, renderer)
+    finally:
+        client.close()
+    for problem in problems:
+        print(f"psa-infra: warning: {problem}", file=sys.stderr)
+    return make_plan(loaded, str(loaded.path), result, problems)
+
+
+@app.command()
+def provision(
+    ctx: typer.Context,
+    inventory: InventoryArg = None,
+    containers_only: Annotated[
+        bool,
+        typer.Option(
+            "--containers-only",
+            help="Create, update and move the containers only (required for now).",
+        ),
+    ] = False,
+    only: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--only", help="Only this container (hostname or vmid); repeatable."
+        ),
+    ] = None,
+    replace: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--replace",
+            help="Allow destroying and creating this container again when it cannot "
+            "change in place (its data is lost); repeatable.",
+        ),
+    ] = None,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Apply without asking for confirmation.")
+    ] = False,
+    parallel: Annotated[
+        int,
+        typer.Option("--parallel", min=1, max=32, help="Containers worked on at once."),
+    ] = 4,
+    task_timeout: Annotated[
+        float,
+        typer.Option("--task-timeout", min=1, help="Seconds to wait per PVE task."),
+    ] = 600.0,
+    ca_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--ca-file",
+            envvar="PROXMOX_CA_FILE",
+            help="CA certificate (PEM) that signed the Proxmox API's certificate.",
+            show_default=False,
+        ),
+    ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option("--insecure", help="Do not verify the API's TLS certificate."),
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print results as JSON.")
+    ] = False,
+) -> None:
+    """Create, update and move the inventory's containers through the Proxmox API.
+
+    Reads the cluster, checks it (nodes online, storage, template, bridges,
+    vmids) and stops before any change if something is wrong. Then creates
+    missing containers and starts them, changes in place what PVE can change
+    (memory, cores, swap, onboot, tags, description, DNS, network, a larger
+    disk) and moves containers whose node changed. A change PVE cannot make
+    in place (template, storage, a smaller disk) needs --replace NAME. A
+    converged cluster is left untouched. Connection: PROXMOX_URL, and
+    PROXMOX_TOKEN_ID with PROXMOX_TOKEN_SECRET (or PROXMOX_USER and
+    PROXMOX_PASSWORD). Only --containers-only exists in this version:
+    in-guest setup comes later.
+
+    Example: psa-infra provision --containers-only --yes inventory/mvp.yml
+    """
+    import json
+
+    from .output import plan_text, table
+    from .provision import check_ready, read_plan
+    from .provision import live_plan as make_plan
+    from .render import Renderer
+    from .secrets import masked_secrets
+
+    if not containers_only:
+        raise PsaInfraError(
+            "only 'provision --containers-only' is available in this version; "
+            "in-guest setup (packages, configs, services) is not implemented yet",
+            hint="run psa-infra provision --containers-only",
+        )
+    project = project_of(ctx)
+    loaded = load(project, inventory)
+    public_key = _public_key(loaded)
+    if public_key is None:
+        print(
+            f"psa-infra: warning: SSH public key {loaded.inventory.ssh.public_key} "
+            "cannot be read; new containers get no authorized key",
+            file=sys.stderr,
+        )
+    renderer = Renderer(project.templates, loaded, masked_secrets(loaded), public_key)
+    client = _client(ca_file, insecure)
+    try:
+        _, _, result, problems, downloads = read_plan(
+            client, loaded, renderer, only or (), replace or (), parallel
+        )
+        check_ready(problems)
+        live = make_plan(loaded, str(loaded.path), result, [])
+        if not live.has_changes:
+            outcomes = []
+        else:
+            if not yes:
+                if not sys.stdin.isatty():
+                    raise PsaInfraError(
+                        "provision changes the cluster and needs confirmation, but "
+                        "there is no terminal to ask on",
+                        hint="review 'psa-infra plan', then re-run with --yes",
+                    )
+                plan_text(live, stdout_console())
+                if not typer.confirm("Apply these changes?", default=False):
+                    raise PsaInfraError("nothing was changed: not confirmed")
+            outcomes = _apply(client, loaded, result, downloads, parallel, task_timeout)
+    finally:
+        client.close()
+    unmanaged = [a for a in result.actions if a.kind == "unmanaged"]
+    failed = [o for o in outcomes if o.result == "failed"]
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "changes": bool(outcomes),
+                    "results": [o.as_json() for o in outcomes],
+                    "unmanaged": [a.as_json() for a in unmanaged],
+                },
+                indent=2,
+            )
+        )
+    elif outcomes:
+        table(
+            stdout_console(),
+            "Containers",
+            ("vmid", "host", "node", "result", "seconds"),
+            [
+                (o.vmid, o.host, o.node, o.result, f"{o.seconds:.1f}")
+                for o in outcomes
+            ],
+        )
+    else:
+        print("No changes: the containers match the inventory.")
+    for action in unmanaged:
+        print(f"psa-infra: note: {action.host}: {action.summary}", file=sys.stderr)
+    for outcome in outcomes:
+        for warning in outcome.warnings:
+            print(f"psa-infra: warning: [{outcome.host}] {warning}", file=sys.stderr)
+    if failed:
+        from .errors import ProxmoxError
+
+        raise ProxmoxError(
+            f"{len(failed)} of {len(outcomes)} containers failed: "
+            + "; ".join(f"{o.host}: {o.error}" for o in failed),
+            hint="fix the cause and run provision again; finished containers are kept",
+        )
+
+
+def _apply(
+    client: Client,
+    loaded: LoadedInventory,
+    result: Diff,
+    downloads: list[str],
+    parallel: int,
+    task_timeout: float,
+) -> list[Outcome]:
+    """Apply a diff with a progress display on a terminal's stderr."""
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from .provision import Applier
+
+    err = Console(stderr=True)
+    if not err.is_terminal:
+        applier = Applier(
+            client,
+            loaded,
+            task_timeout,
+            lambda host, text: log.info("[%s] %s", host, text),
+        )
+        applier.download_templates(downloads)
+        return applier.run(result, parallel)
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.fields[host]:<20}"),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=err,
+    ) as progress:
+        rows = {
+            host: progress.add_task("waiting", host=host)
+            for host in dict.fromkeys(
+                a.host for a in result.actions if a.kind != "unmanaged"
+            )
+        }
+
+        def step(host: str, text: str) -> None:
+            if host in rows:
+                progress.update(rows[host], description=text)
+
+        applier = Applier(client, loaded, task_timeout, step)
+        applier.download_templates(downloads)
+        return applier.run(result, parallel)
 
 
 def show_plan(result: object, output_format: Format) -> None:

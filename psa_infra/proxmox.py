@@ -1,0 +1,539 @@
+"""The Proxmox VE API layer: connection settings, requests, retries and tasks.
+
+The only module that talks HTTP. Everything the API answers with an error
+leaves here as :class:`~psa_infra.errors.ProxmoxError` (or
+:class:`~psa_infra.errors.TaskError` for a task that failed), naming the
+method, the path, PVE's message and its per-parameter errors; no requests
+exception and no secret (token secret, password, ticket) ever leaves it.
+
+It speaks to the API with a plain ``requests`` session rather than
+proxmoxer: proxmoxer logs in with a bare ``requests.post`` outside its
+session (no retries, the PVE message lost) and its task helper returns
+without raising when a task fails, so the little it would add is replaced
+by explicit code here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from .errors import ProxmoxError, TaskError
+from .secrets import Secret
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 8006
+# A proxy in front of PVE (502-504) or pveproxy failing to reach another node
+# (595 no route, 596 connection broken) answers these; the request may be
+# repeated once it is known to be safe.
+TRANSIENT_STATUS = frozenset({502, 503, 504, 595, 596})
+_TOKEN_ID = r"^[^@!\s]+@[^@!\s]+![A-Za-z][A-Za-z0-9._-]*$"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How to reach and authenticate to the Proxmox API."""
+
+    url: str
+    token_id: str | None = None
+    token_secret: Secret | None = None
+    user: str | None = None
+    password: Secret | None = None
+    ca_file: str | None = None
+    insecure: bool = False
+    timeout: float = 30.0
+    retries: int = 5
+    backoff: float = 0.2
+
+    @property
+    def verify(self) -> str | bool:
+        """What requests checks the server certificate against."""
+        if self.insecure:
+            return False
+        return self.ca_file if self.ca_file else True
+
+    @property
+    def who(self) -> str:
+        """The identity used, for messages (never the secret)."""
+        return f"API token {self.token_id}" if self.token_id else f"user {self.user}"
+
+
+def settings_from_env(
+    env: Mapping[str, str] | None = None,
+    ca_file: str | None = None,
+    insecure: bool = False,
+) -> Settings:
+    """Read the connection settings from the environment and the flags.
+
+    PROXMOX_URL (or PROXMOX_HOST and PROXMOX_PORT) says where; an API token
+    (PROXMOX_TOKEN_ID, PROXMOX_TOKEN_SECRET) is preferred to a user and
+    password (PROXMOX_USER, PROXMOX_PASSWORD). ``ca_file`` (or
+    PROXMOX_CA_FILE) verifies a private CA.
+    """
+    import re
+
+    env = os.environ if env is None else env
+    hint_env = (
+        "set PROXMOX_URL=https://HOST:8006 and PROXMOX_TOKEN_ID=user@realm!name "
+        "with PROXMOX_TOKEN_SECRET (or PROXMOX_USER and PROXMOX_PASSWORD)"
+    )
+    url = env.get("PROXMOX_URL", "").strip()
+    if not url and env.get("PROXMOX_HOST"):
+        port = env.get("PROXMOX_PORT") or DEFAULT_PORT
+        url = f"https://{env['PROXMOX_HOST'].strip()}:{port}"
+    if not url:
+        raise ProxmoxError("the Proxmox API address is not set", hint=hint_env)
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname:
+        raise ProxmoxError(
+            f"PROXMOX_URL must be an https:// address, not {url!r}",
+            hint="the API token or password would otherwise cross the network in clear",
+        )
+    port = parts.port or DEFAULT_PORT
+    url = f"https://{parts.hostname}:{port}"
+
+    token_id = env.get("PROXMOX_TOKEN_ID") or None
+    token_secret = env.get("PROXMOX_TOKEN_SECRET") or None
+    user = env.get("PROXMOX_USER") or None
+    password = env.get("PROXMOX_PASSWORD") or None
+    if token_id or token_secret:
+        if not (token_id and token_secret):
+            raise ProxmoxError(
+                "an API token needs both PROXMOX_TOKEN_ID and PROXMOX_TOKEN_SECRET",
+                hint=hint_env,
+            )
+        if not re.match(_TOKEN_ID, token_id):
+            raise ProxmoxError(
+                f"PROXMOX_TOKEN_ID {token_id!r} is not of the form user@realm!name",
+                hint="e.g. PROXMOX_TOKEN_ID=psa@pve!provision",
+            )
+        user = password = None
+    elif user or password:
+        if not (user and password):
+            raise ProxmoxError(
+                "a password login needs both PROXMOX_USER and PROXMOX_PASSWORD",
+                hint=hint_env,
+            )
+        if "@" not in user:
+            user += "@pam"
+    else:
+        raise ProxmoxError("no Proxmox credentials are set", hint=hint_env)
+
+    ca_file = ca_file or env.get("PROXMOX_CA_FILE") or None
+    if insecure:
+        ca_file = None
+    elif ca_file is not None and not os.path.isfile(ca_file):
+        raise ProxmoxError(
+            f"CA file {ca_file} does not exist",
+            hint="give the PEM file of the CA that signed the Proxmox certificate",
+        )
+    return Settings(
+        url=url,
+        token_id=token_id,
+        token_secret=Secret("PROXMOX_TOKEN_SECRET", token_secret)
+        if token_secret
+        else None,
+        user=user,
+        password=Secret("PROXMOX_PASSWORD", password) if password else None,
+        ca_file=ca_file,
+        insecure=insecure,
+    )
+
+
+@dataclass
+class TaskResult:
+    """How a Proxmox task ended."""
+
+    upid: str
+    exitstatus: str
+    warnings: list[str] = field(default_factory=list)
+
+
+class _Transient(Exception):
+    """A failure that may pass: the connection broke or a proxy answered 5xx."""
+
+    def __init__(self, why: str, sent: bool) -> None:
+        super().__init__(why)
+        self.why = why
+        # False only when the request certainly never reached the server.
+        self.sent = sent
+
+
+def upid_node(upid: str) -> str:
+    """The node a task runs on, from its UPID (``UPID:node:...``)."""
+    parts = upid.split(":")
+    if len(parts) < 3 or parts[0] != "UPID":
+        raise ProxmoxError(
+            f"the API answered {upid!r} where a task id (UPID) was expected"
+        )
+    return parts[1]
+
+
+def _task_type(upid: str) -> str:
+    parts = upid.split(":")
+    return f"{parts[5]} {parts[6]}".strip() if len(parts) > 6 else upid
+
+
+class Client:
+    """A connection to the Proxmox API, safe to share between threads."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        session: Any | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        pool_size: int = 16,
+    ) -> None:
+        import requests
+        import urllib3
+
+        self.settings = settings
+        self.base = settings.url + "/api2/json"
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._ticket: str | None = None
+        self._csrf: str | None = None
+        self.session = session if session is not None else requests.Session()
+        # REQUESTS_CA_BUNDLE, netrc and proxy variables would silently change
+        # whom we trust and where the token goes; only the explicit settings count.
+        self.session.trust_env = False
+        if session is None:
+            adapter = requests.adapters.HTTPAdapter(
+                pool_connections=4, pool_maxsize=pool_size, max_retries=0
+            )
+            self.session.mount("https://", adapter)
+        if settings.insecure:
+            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+
+    # ------------------------------------------------------------ requests
+
+    def get(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
+        """Read ``path``; retried on transient failures."""
+        return self._call("GET", path, params=params, retry=True)
+
+    def put(self, path: str, data: Mapping[str, Any]) -> Any:
+        """Set values at ``path``; retried, as setting the same values twice is safe."""
+        return self._call("PUT", path, data=data, retry=True)
+
+    def post(
+        self,
+        path: str,
+        data: Mapping[str, Any] | None = None,
+        resolve: Callable[[float], Any] | None = None,
+    ) -> Any:
+        """Send a request that must not run twice.
+
+        When its answer is lost, ``resolve(sent_at)`` reads the cluster back:
+        it returns what the request returned (a UPID) when the request did
+        take effect, or None when it did not, and only then is it sent again.
+        Without ``resolve`` a lost answer is an error.
+        """
+        return self._call("POST", path, data=data, retry=False, resolve=resolve)
+
+    def delete(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
+        """Delete ``path`` (a destroy that is repeated fails, so it is not retried)."""
+        return self._call("DELETE", path, params=params, retry=False)
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, Any] | None = None,
+        data: Mapping[str, Any] | None = None,
+        retry: bool = True,
+        resolve: Callable[[float], Any] | None = None,
+    ) -> Any:
+        attempts = self.settings.retries + 1
+        last = ""
+        for attempt in range(attempts):
+            sent_at = time.time()
+            try:
+                return self._once(method, path, params, data)
+            except _Transient as exc:
+                last = exc.why
+                if not retry and exc.sent:
+                    if resolve is None:
+                        raise ProxmoxError(
+                            f"{method} {path}: the answer was lost ({exc.why}); "
+                            "the request may or may not have taken effect",
+                            hint="check the cluster, then run psa-infra again",
+                        ) from None
+                    done = resolve(sent_at - 2)
+                    if done is not None:
+                        log.info(
+                            "%s %s took effect although its answer was lost",
+                            method,
+                            path,
+                        )
+                        return done
+                if attempt + 1 < attempts:
+                    delay = self.settings.backoff * 2**attempt
+                    delay *= 1 + random.random() / 2
+                    log.warning(
+                        "%s %s: %s; trying again in %.1f s",
+                        method,
+                        path,
+                        exc.why,
+                        delay,
+                    )
+                    self._sleep(delay)
+        raise ProxmoxError(
+            f"{method} {path} failed {attempts} times; last: {last}",
+            hint=f"check that {self.settings.url} and its nodes are reachable",
+        )
+
+    def _once(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, Any] | None,
+        data: Mapping[str, Any] | None,
+    ) -> Any:
+        import requests
+
+        headers: dict[str, str] = {}
+        cookies: dict[str, str] = {}
+        relogged = False
+        while True:
+            if self.settings.token_id:
+                assert self.settings.token_secret is not None
+                headers["Authorization"] = (
+                    f"PVEAPIToken={self.settings.token_id}="
+                    f"{self.settings.token_secret.reveal()}"
+                )
+            else:
+                ticket, csrf = self._login()
+                cookies = {"PVEAuthCookie": ticket}
+                if method != "GET":
+                    headers["CSRFPreventionToken"] = csrf
+            started = time.monotonic()
+            try:
+                response = self.session.request(
+                    method,
+                    self.base + path,
+                    params=_encode(params) if params else None,
+                    data=_encode(data) if data else None,
+                    headers=headers,
+                    cookies=cookies,
+                    timeout=self.settings.timeout,
+                    verify=self.settings.verify,
+                    allow_redirects=False,
+                )
+            except requests.exceptions.SSLError as exc:
+                raise self._tls_error(exc) from None
+            except requests.exceptions.ConnectTimeout:
+                raise _Transient("connection timed out", sent=False) from None
+            except requests.exceptions.ConnectionError as exc:
+                # A refused connection never carried the request; a reset may have.
+                sent = "refused" not in str(exc).lower()
+                raise _Transient(_reason(exc), sent=sent) from None
+            except (
+                requests.exceptions.Timeout,
+                requests.exceptions.ChunkedEncodingError,
+            ):
+                raise _Transient("no answer in time", sent=True) from None
+            log.debug(
+                "%s %s %s -> %s (%.2f s)",
+                method,
+                path,
+                sorted(data or params or {}),
+                response.status_code,
+                time.monotonic() - started,
+            )
+            status = response.status_code
+            if status == 401 and not self.settings.token_id and not relogged:
+                # The ticket expired or was revoked: log in again, once.
+                with self._lock:
+                    self._ticket = None
+                relogged = True
+                continue
+            break
+        if status in TRANSIENT_STATUS:
+            raise _Transient(
+                f"{status} {_message(response) or response.reason}", sent=True
+            )
+        if status >= 400:
+            raise self._api_error(method, path, response)
+        try:
+            return response.json().get("data")
+        except ValueError:
+            raise ProxmoxError(
+                f"{method} {path}: the API answered {status} with a body that is "
+                "not JSON"
+            ) from None
+
+    def _login(self) -> tuple[str, str]:
+        """A login ticket and CSRF token for the user, fetched once and shared."""
+        import requests
+
+        with self._lock:
+            if self._ticket is not None and self._csrf is not None:
+                return self._ticket, self._csrf
+            assert self.settings.user is not None and self.settings.password is not None
+            for attempt in range(self.settings.retries + 1):
+                try:
+                    response = self.session.post(
+                        self.base + "/access/ticket",
+                        data={
+                            "username": self.settings.user,
+                            "password": self.settings.password.reveal(),
+                        },
+                        timeout=self.settings.timeout,
+                        verify=self.settings.verify,
+                        allow_redirects=False,
+                    )
+                except requests.exceptions.SSLError as exc:
+                    raise self._tls_error(exc) from None
+                except requests.exceptions.RequestException as exc:
+                    why = _reason(exc)
+                else:
+                    if response.status_code not in TRANSIENT_STATUS:
+                        break
+                    why = f"{response.status_code} {response.reason}"
+                if attempt == self.settings.retries:
+                    raise ProxmoxError(
+                        f"cannot log in to {self.settings.url}: {why}",
+                        hint=f"check that {self.settings.url} is reachable",
+                    )
+                self._sleep(self.settings.backoff * 2**attempt)
+            if response.status_code != 200:
+                raise ProxmoxError(
+                    f"login as {self.settings.user} to {self.settings.url} failed: "
+                    f"{response.status_code} {_message(response) or response.reason}",
+                    hint="check PROXMOX_USER and PROXMOX_PASSWORD (or use a token)",
+                )
+            body = response.json().get("data") or {}
+            if body.get("NeedTFA"):
+                raise ProxmoxError(
+                    f"user {self.settings.user} needs a second factor, which psa-infra "
+                    "cannot give",
+                    hint="use an API token (PROXMOX_TOKEN_ID, PROXMOX_TOKEN_SECRET)",
+                )
+            self._ticket, self._csrf = body["ticket"], body["CSRFPreventionToken"]
+            return self._ticket, self._csrf
+
+    def _tls_error(self, exc: Exception) -> ProxmoxError:
+        return ProxmoxError(
+            f"the TLS certificate of {self.settings.url} could not be verified: "
+            f"{_reason(exc)}",
+            hint="give the CA that signed it with --ca-file or PROXMOX_CA_FILE; "
+            "--insecure turns verification off (not for production)",
+        )
+
+    def _api_error(self, method: str, path: str, response: Any) -> ProxmoxError:
+        message = _message(response) or response.reason or "no message"
+        text = f"{method} {path}: {response.status_code} {message}"
+        errors = _param_errors(response)
+        if errors:
+            text += "".join(
+                f"\n  {name}: {why}" for name, why in sorted(errors.items())
+            )
+        hint = None
+        if response.status_code == 401:
+            hint = f"check the credentials of {self.settings.who}"
+        elif response.status_code == 403:
+            hint = f"grant {self.settings.who} the privilege named above"
+        return ProxmoxError(text, hint=hint)
+
+    # --------------------------------------------------------------- tasks
+
+    def wait_task(
+        self, upid: str, what: str, timeout: float, poll_max: float = 1.0
+    ) -> TaskResult:
+        """Wait for a task to end; raise TaskError with its log if it failed.
+
+        The poll interval grows with the time already waited (a twentieth
+        of it, at most ``poll_max``), so short tasks are seen promptly and
+        long ones do not flood the API.
+        """
+        node = upid_node(upid)
+        path = f"/nodes/{node}/tasks/{upid}/status"
+        started = time.monotonic()
+        while True:
+            status = self.get(path)
+            if status.get("status") == "stopped":
+                break
+            waited = time.monotonic() - started
+            if waited >= timeout:
+                raise TaskError(
+                    f"{what}: task {_task_type(upid)} on {node} did not end within "
+                    f"{timeout:g} s; it may still be running ({upid})",
+                    hint="see the task in the Proxmox task log; raise --task-timeout "
+                    "for slow storage",
+                )
+            self._sleep(min(max(waited / 20, 0.02), poll_max, timeout - waited))
+        exitstatus = str(status.get("exitstatus") or "")
+        if exitstatus == "OK":
+            return TaskResult(upid, exitstatus)
+        lines = self.task_log(upid)
+        if exitstatus.startswith("WARNINGS"):
+            warned = [line for line in lines if "warn" in line.lower()] or [exitstatus]
+            return TaskResult(upid, exitstatus, warned)
+        shown = "\n".join(f"    {line}" for line in lines[-20:])
+        raise TaskError(
+            f"{what}: task {_task_type(upid)} on {node} failed: {exitstatus}"
+            + (f"\n  task log:\n{shown}" if shown else ""),
+        )
+
+    def task_log(self, upid: str) -> list[str]:
+        """The last lines of a task's log."""
+        node = upid_node(upid)
+        try:
+            entries = self.get(f"/nodes/{node}/tasks/{upid}/log", {"limit": 500})
+        except ProxmoxError:
+            return []
+        return [str(e.get("t", "")) for e in entries or [] if isinstance(e, dict)]
+
+    def close(self) -> None:
+        """Close the connections."""
+        self.session.close()
+
+
+def _encode(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Values as PVE reads them from a form: booleans as 1 and 0."""
+    return {k: (int(v) if isinstance(v, bool) else v) for k, v in values.items()}
+
+
+def _message(response: Any) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return ""
+    if not isinstance(body, dict):
+        return ""
+    return str(body.get("message") or "").strip()
+
+
+def _param_errors(response: Any) -> dict[str, str]:
+    try:
+        errors = response.json().get("errors")
+    except (ValueError, AttributeError):
+        return {}
+    if not isinstance(errors, dict):
+        return {}
+    return {str(k): str(v).strip() for k, v in errors.items()}
+
+
+def _reason(exc: Exception) -> str:
+    """A short reason for a connection failure, without library internals."""
+    text = str(exc)
+    for marker in (
+        "Connection refused",
+        "Connection reset by peer",
+        "Remote end closed connection",
+        "CERTIFICATE_VERIFY_FAILED",
+        "certificate verify failed",
+        "Name or service not known",
+        "timed out",
+    ):
+        if marker.lower() in text.lower():
+            return marker.lower()
+    return type(exc).__name__
