@@ -19,7 +19,9 @@ from .errors import InventoryError, PlaybookError
 from .inventory import ROLES
 from .yamlsrc import Document, format_loc, load_yaml
 
-Mode = str
+# Paths are absolute, or start with a Jinja expression such as
+# ``{{ inventory.app.root }}`` that the renderer expands to one.
+_PATH = r"^(/|\{\{)"
 
 
 class _Model(BaseModel):
@@ -30,7 +32,7 @@ class FileStep(_Model):
     """A file rendered from a template and installed with owner and mode."""
 
     template: str
-    dest: str = Field(pattern=r"^/")
+    dest: str = Field(pattern=_PATH)
     owner: str = "root"
     group: str = "root"
     mode: str = Field(default="0644", pattern=r"^0[0-7]{3}$")
@@ -41,7 +43,7 @@ class FileStep(_Model):
 class DirectoryStep(_Model):
     """A directory present with owner and mode."""
 
-    path: str = Field(pattern=r"^/")
+    path: str = Field(pattern=_PATH)
     owner: str = "root"
     group: str = "root"
     mode: str = Field(default="0755", pattern=r"^0[0-7]{3}$")
@@ -109,7 +111,9 @@ class Playbook(_Model):
         for step in self.steps:
             for handler in step.notify:
                 if handler not in self.handlers:
-                    raise ValueError(f"step '{step.name}' notifies unknown handler '{handler}'")
+                    raise ValueError(
+                        f"step '{step.name}' notifies unknown handler '{handler}'"
+                    )
         return self
 
     def files(self) -> list[FileStep]:
@@ -117,7 +121,30 @@ class Playbook(_Model):
         return [s.file for s in self.steps if s.file is not None]
 
 
+def _unknown_handler(document: Document) -> PlaybookError | None:
+    """Name the exact ``notify`` entry that points at no handler."""
+    data = document.data
+    if not isinstance(data, dict) or not isinstance(data.get("steps"), list):
+        return None
+    handlers = data.get("handlers")
+    known = set(handlers) if isinstance(handlers, dict) else set()
+    for i, step in enumerate(data["steps"]):
+        notify = step.get("notify") if isinstance(step, dict) else None
+        for j, name in enumerate(notify if isinstance(notify, list) else []):
+            if name not in known:
+                loc = ("steps", i, "notify", j)
+                listed = ", ".join(sorted(map(str, known))) or "none"
+                return PlaybookError(
+                    f"{document.where(loc)}: {format_loc(loc)}: unknown handler "
+                    f"'{name}' (handlers: {listed})"
+                )
+    return None
+
+
 def _parse(document: Document) -> Playbook:
+    problem = _unknown_handler(document)
+    if problem is not None:
+        raise problem
     try:
         return Playbook.model_validate(document.data)
     except ValidationError as exc:
@@ -167,7 +194,9 @@ def describe(step: Step) -> str:
         return f"directory {d.path} ({d.owner}:{d.group} {d.mode})"
     if step.file is not None:
         f = step.file
-        return f"file {f.dest} ({f.owner}:{f.group} {f.mode})"
+        # A secret file is always installed 0600, whatever mode it states.
+        mode = "0600 secret" if f.secret else f.mode
+        return f"file {f.dest} ({f.owner}:{f.group} {mode})"
     if step.command is not None:
         c = step.command
         guard = f" unless {c.unless}" if c.unless else ""

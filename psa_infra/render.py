@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import traceback
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +23,7 @@ import yaml
 
 from .errors import TemplateError
 from .inventory import Container, Inventory, LoadedInventory
-from .playbooks import FileStep, Playbook, steps_for
+from .playbooks import FileStep, Playbook, Step, steps_for
 from .secrets import Secret
 
 CREATE_TEMPLATE = "lxc/create.yml.j2"
@@ -68,6 +70,10 @@ class Renderer:
         self.env.filters["tojson"] = _tojson
         self.env.filters["js"] = _tojson
         self.env.filters["mib_fraction"] = _mib_fraction
+        self.env.filters["shquote"] = _shquote
+        self.env.filters["sqlquote"] = _sqlquote
+        self.env.filters["dquote"] = _dquote
+        self.env.filters["urlquote"] = _urlquote
 
     def context(self, container: Container, reveal: bool = True) -> dict[str, Any]:
         """Return the values templates see for one container."""
@@ -76,7 +82,11 @@ class Renderer:
         ordered = [n for n in inventory.app.services if n in container.services]
         upstreams = {
             name: {
-                "host": "127.0.0.1" if host is container else str(host.address),
+                "host": (
+                    "127.0.0.1"
+                    if host.hostname == container.hostname
+                    else str(host.address)
+                ),
                 "port": host.services[name].port,
                 "container": host.hostname,
             }
@@ -107,7 +117,8 @@ class Renderer:
                 "elasticsearch": address("elasticsearch"),
             },
             "secrets": {
-                name: (s.reveal() if reveal else str(s)) for name, s in self.secrets.items()
+                name: (s.reveal() if reveal else str(s))
+                for name, s in self.secrets.items()
             },
             "ssh_public_key": self.ssh_public_key,
         }
@@ -118,13 +129,22 @@ class Renderer:
             template = self.env.get_template(name)
             return template.render(context)
         except jinja2.TemplateSyntaxError as exc:
-            raise self._error(exc.name or name, exc.lineno, exc.message or str(exc)) from None
+            raise self._error(
+                exc.name or name, exc.lineno, exc.message or str(exc)
+            ) from None
         except jinja2.TemplateNotFound as exc:
             raise TemplateError(
                 f"template {exc.name} not found under {self.templates}",
                 hint="check the playbook's file step or restore the template",
             ) from None
-        except (jinja2.UndefinedError, TypeError, ValueError, KeyError) as exc:
+        except (
+            jinja2.TemplateError,
+            TypeError,
+            ValueError,
+            KeyError,
+            AttributeError,
+            ArithmeticError,
+        ) as exc:
             line = _template_line(exc, self.templates)
             raise self._error(
                 line[0] if line else name, line[1] if line else None, str(exc)
@@ -144,13 +164,45 @@ class Renderer:
             raise TemplateError(f"{CREATE_TEMPLATE} must render to a mapping")
         return {k: v for k, v in params.items() if v is not None and v != ""}
 
+    def steps(
+        self, container: Container, playbooks: Mapping[str, Playbook]
+    ) -> list[tuple[str, Step]]:
+        """Return (playbook, step) for ``container`` with paths and commands expanded.
+
+        A directory's ``path``, a file's ``dest`` and a command's ``run``,
+        ``creates`` and ``unless`` may use the template context, e.g.
+        ``{{ inventory.app.root }}`` or ``{{ inventory.postgresql.user | shquote }}``.
+        Commands are expanded without ``secrets``: a password on a command
+        line would show in process lists, plans and logs, so a command that
+        needs one reads it from a secret file instead.
+        """
+        context = self.context(container, reveal=False)
+        return [
+            (name, self._expand_step(step, context, name))
+            for name, step in steps_for(dict(playbooks), container.role)
+        ]
+
+    def handlers(
+        self, container: Container, playbooks: Mapping[str, Playbook]
+    ) -> dict[str, Step]:
+        """Return the handlers ``container``'s steps may notify, expanded."""
+        context = self.context(container, reveal=False)
+        return {
+            handler: self._expand_step(step, context, name)
+            for name in ("base", container.role)
+            for handler, step in playbooks[name].handlers.items()
+        }
+
     def files(
-        self, container: Container, playbooks: Mapping[str, Playbook], reveal: bool = True
+        self,
+        container: Container,
+        playbooks: Mapping[str, Playbook],
+        reveal: bool = True,
     ) -> list[RenderedFile]:
         """Render every file the playbooks install on ``container``."""
         context = self.context(container, reveal=reveal)
         rendered = []
-        for playbook_name, step in steps_for(dict(playbooks), container.role):
+        for playbook_name, step in self.steps(container, playbooks):
             if step.file is None or not self._wanted(step.file, context, playbook_name):
                 continue
             rendered.append(
@@ -167,11 +219,62 @@ class Renderer:
             )
         return rendered
 
-    def _wanted(self, step: FileStep, context: Mapping[str, Any], playbook: str) -> bool:
+    def _expand_step(
+        self, step: Step, context: Mapping[str, Any], playbook: str
+    ) -> Step:
+        where = f"playbooks/{playbook}.yml: step '{step.name}'"
+        if step.file is not None:
+            dest = self._expand(step.file.dest, context, where, absolute=True)
+            return step.model_copy(
+                update={"file": step.file.model_copy(update={"dest": dest})}
+            )
+        if step.directory is not None:
+            path = self._expand(step.directory.path, context, where, absolute=True)
+            directory = step.directory.model_copy(update={"path": path})
+            return step.model_copy(update={"directory": directory})
+        if step.command is not None:
+            bare = {k: v for k, v in context.items() if k != "secrets"}
+            fields = {
+                key: self._expand(value, bare, where)
+                for key in ("run", "creates", "unless")
+                if (value := getattr(step.command, key)) is not None
+            }
+            command = step.command.model_copy(update=fields)
+            return step.model_copy(update={"command": command})
+        return step
+
+    def _expand(
+        self, text: str, context: Mapping[str, Any], where: str, absolute: bool = False
+    ) -> str:
+        if "{{" not in text and "{%" not in text:
+            return text
+        try:
+            result = self.env.from_string(text).render(context)
+        except jinja2.TemplateError as exc:
+            hint = None
+            if "'secrets' is undefined" in str(exc):
+                hint = (
+                    "commands never see secrets; render the secret into a file "
+                    "step with 'secret: true' and have the command read that file"
+                )
+            raise TemplateError(
+                f"{where}: {text.strip()!r}: {exc}", hint=hint
+            ) from None
+        if absolute and not result.startswith("/"):
+            raise TemplateError(
+                f"{where}: {text!r} expands to {result!r}, not an absolute path"
+            )
+        return result
+
+    def _wanted(
+        self, step: FileStep, context: Mapping[str, Any], playbook: str
+    ) -> bool:
         if step.when is None:
             return True
         try:
-            return bool(self.env.compile_expression(step.when)(**context))
+            # undefined_to_none would turn a misspelt name into a silent False.
+            test = self.env.compile_expression(step.when, undefined_to_none=False)
+            return bool(test(**context))
         except jinja2.TemplateError as exc:
             raise TemplateError(
                 f"playbooks/{playbook}.yml: file {step.dest}: bad 'when' "
@@ -179,6 +282,11 @@ class Renderer:
             ) from None
 
     def _error(self, name: str, line: int | None, message: str) -> TemplateError:
+        # Jinja's lexer reports the loader's file path instead of the
+        # template name; name the template as the playbooks do.
+        given = Path(name)
+        if given.is_file() and given.resolve().is_relative_to(self.templates.resolve()):
+            name = given.resolve().relative_to(self.templates.resolve()).as_posix()
         where = f"{name}" + (f" line {line}" if line else "")
         excerpt = ""
         path = self.templates / name
@@ -195,11 +303,14 @@ class Renderer:
 
 def _template_line(exc: BaseException, templates: Path) -> tuple[str, int] | None:
     """Find the template file and line where a render error was raised."""
-    root = str(templates.resolve())
+    # Frames carry the loader's spelling of the path, which may be relative
+    # or go through a symlink, so compare resolved paths.
+    root = templates.resolve()
     found = None
     for frame in traceback.extract_tb(exc.__traceback__):
-        if frame.filename.startswith(root) and frame.lineno:
-            found = (str(Path(frame.filename).resolve().relative_to(root)), frame.lineno)
+        path = Path(frame.filename).resolve()
+        if frame.lineno and path.is_relative_to(root):
+            found = (path.relative_to(root).as_posix(), frame.lineno)
     return found
 
 
@@ -208,6 +319,26 @@ def _tojson(value: Any) -> str:
     if hasattr(value, "model_dump"):
         value = value.model_dump(mode="json")
     return json.dumps(value, default=str, sort_keys=False)
+
+
+def _shquote(value: Any) -> str:
+    """Quote a value as one word for a POSIX shell."""
+    return shlex.quote(str(value))
+
+
+def _sqlquote(value: Any) -> str:
+    """Quote a value as an SQL or postgresql.conf string literal."""
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def _dquote(value: Any) -> str:
+    """Quote a value in double quotes, escaping backslash and quote (redis.conf)."""
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _urlquote(value: Any) -> str:
+    """Percent-encode a value for one part of a URL, ``/`` and ``@`` included."""
+    return urllib.parse.quote(str(value), safe="")
 
 
 def _mib_fraction(mib: int, fraction: float, minimum: int = 1) -> int:
