@@ -15,7 +15,7 @@ from typing import Any
 
 from .checks import connection_budget
 from .inventory import Container, LoadedInventory
-from .playbooks import Playbook, describe, steps_for
+from .playbooks import Playbook, describe
 from .render import Renderer
 
 FORMAT_VERSION = 1
@@ -134,7 +134,7 @@ def setup_actions(
     """The file and step actions that set up one container, in order."""
     files = {f.dest: f for f in renderer.files(container, playbooks, reveal=False)}
     actions = []
-    for playbook, step in steps_for(dict(playbooks), container.role):
+    for playbook, step in renderer.steps(container, playbooks):
         details: dict[str, Any] = {"playbook": playbook, "step": step.name}
         if step.file is not None:
             rendered = files.get(step.file.dest)
