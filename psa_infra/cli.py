@@ -644,6 +644,15 @@ def _crash(exc: BaseException) -> int:
     return ExitCode.ERROR
 
 
+# The local lab is a separate package (psa_lab); without it the core CLI still works.
+try:
+    from psa_lab.cli import lab_app
+except ImportError:  # pragma: no cover - psa_lab not shipped
+    pass
+else:
+    app.add_typer(lab_app, name="lab")
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code instead of exiting."""
     command = typer.main.get_command(app)
