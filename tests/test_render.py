@@ -1,0 +1,411 @@
+"""Rendering the role playbooks' files: expected outputs, modes, secrets, errors.
+
+Expected files live under ``tests/cases/render/<inventory>/<masked|secrets>/
+<hostname>/<path on the host>``. After a deliberate template change, run
+``PSA_REGENERATE_RENDER=1 pytest tests/test_render.py`` once: it rewrites the
+expected files that differ and fails, so the new output is read in ``git diff``
+before it is committed, never accepted silently.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import urllib.parse
+from pathlib import Path
+
+import pytest
+from render_support import (
+    ROOT,
+    TEST_SECRETS,
+    load,
+    load_text,
+    playbooks,
+    render_all,
+    renderer,
+)
+
+from psa_infra.errors import PlaybookError, TemplateError
+from psa_infra.inventory import LoadedInventory
+from psa_infra.playbooks import load_playbooks
+from psa_infra.render import Renderer, write_files
+from psa_infra.secrets import MASK, Secret
+
+CASES_DIR = Path(__file__).parent / "cases" / "render"
+REGENERATE = os.environ.get("PSA_REGENERATE_RENDER") == "1"
+APP = "/opt/psa-platform"
+PG = "/etc/postgresql/15/main"
+
+# (inventory, secrets, hostname, file): the outputs whose every byte is reviewed.
+CASES = [
+    ("mvp", "masked", "psa-db-master", f"{PG}/conf.d/psa.conf"),
+    ("mvp", "masked", "psa-db-master", f"{PG}/pg_hba.conf"),
+    ("mvp", "masked", "psa-redis", "/etc/redis/redis.conf"),
+    ("mvp", "masked", "psa-rabbitmq", "/etc/rabbitmq/rabbitmq.conf"),
+    ("mvp", "masked", "psa-elasticsearch", "/etc/elasticsearch/elasticsearch.yml"),
+    (
+        "mvp",
+        "masked",
+        "psa-elasticsearch",
+        "/etc/elasticsearch/jvm.options.d/heap.options",
+    ),
+    ("mvp", "masked", "psa-app", f"{APP}/ecosystem.config.js"),
+    ("mvp", "masked", "psa-app", f"{APP}/.env"),
+    ("mvp", "masked", "psa-app", f"{APP}/config/upstreams.json"),
+    ("mvp", "masked", "psa-app", "/usr/local/bin/backup-psa-app.sh"),
+    ("mvp", "secrets", "psa-app", f"{APP}/.env"),
+    ("mvp", "secrets", "psa-redis", "/etc/redis/redis.conf"),
+    ("mvp", "secrets", "psa-db-master", f"{PG}/psa-bootstrap.sql"),
+    ("production", "masked", "psa-db-master", f"{PG}/conf.d/psa.conf"),
+    ("production", "masked", "psa-api-gateway", f"{APP}/config/upstreams.json"),
+    ("production", "masked", "psa-tickets", f"{APP}/ecosystem.config.js"),
+    ("production", "masked", "psa-tickets", "/usr/local/bin/psa-health-check"),
+    ("production", "secrets", "psa-auth", f"{APP}/.env"),
+]
+
+SECRET_FILES = {
+    f"{APP}/.env",
+    "/etc/redis/redis.conf",
+    f"{PG}/psa-bootstrap.sql",
+    "/etc/rabbitmq/psa-app.password",
+}
+
+
+def _compare(expected: Path, actual: str) -> None:
+    if REGENERATE and (not expected.exists() or expected.read_text() != actual):
+        expected.parent.mkdir(parents=True, exist_ok=True)
+        expected.write_text(actual, encoding="utf-8")
+        pytest.fail(f"regenerated {expected.relative_to(ROOT)}: review it in git diff")
+    assert expected.exists(), f"no expected output {expected.relative_to(ROOT)}"
+    assert actual == expected.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(("inventory", "mode", "host", "dest"), CASES)
+def test_rendered_file_matches_expected(
+    inventory: str, mode: str, host: str, dest: str
+) -> None:
+    files = render_all(load(inventory), reveal=mode == "secrets")
+    _compare(
+        CASES_DIR / inventory / mode / host / dest.lstrip("/"),
+        files[host, dest].content,
+    )
+
+
+@pytest.mark.parametrize("inventory", ["mvp", "production"])
+def test_each_host_gets_the_expected_files_and_modes(inventory: str) -> None:
+    files = render_all(load(inventory), reveal=False)
+    listing = "".join(
+        f"{host} {f.dest} {f.owner}:{f.group} {f.mode}{' secret' if f.secret else ''}\n"
+        for (host, _), f in sorted(files.items())
+    )
+    _compare(CASES_DIR / inventory / "files.txt", listing)
+
+
+def test_gateway_map_only_where_the_gateway_runs() -> None:
+    files = render_all(load("production"), reveal=False)
+    hosts = {host for host, dest in files if dest.endswith("/upstreams.json")}
+    assert hosts == {"psa-api-gateway"}
+    services = json.loads(
+        files["psa-api-gateway", f"{APP}/config/upstreams.json"].content
+    )
+    assert services["services"]["api-gateway"] == {"host": "127.0.0.1", "port": 3000}
+    assert services["services"]["auth"] == {"host": "10.0.20.51", "port": 3010}
+
+
+@pytest.mark.parametrize("inventory", ["mvp", "production"])
+def test_rendering_is_deterministic(inventory: str, tmp_path: Path) -> None:
+    first = render_all(load(inventory))
+    second = render_all(load(inventory))
+    assert first == second
+    write_files(list(first.values()), tmp_path / "a")
+    write_files(list(second.values()), tmp_path / "b")
+    tree = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*"))
+    assert tree == sorted(
+        p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*")
+    )
+    for path in tree:
+        if (tmp_path / "a" / path).is_file():
+            assert (tmp_path / "a" / path).read_bytes() == (
+                tmp_path / "b" / path
+            ).read_bytes()
+
+
+@pytest.mark.parametrize("inventory", ["mvp", "production"])
+def test_secret_files_are_written_0600_and_others_keep_their_mode(
+    inventory: str, tmp_path: Path
+) -> None:
+    files = render_all(load(inventory))
+    assert {dest for (_, dest), f in files.items() if f.secret} == SECRET_FILES
+    write_files(list(files.values()), tmp_path)
+    for (host, dest), rendered in files.items():
+        mode = (tmp_path / host / dest.lstrip("/")).stat().st_mode & 0o777
+        assert mode == (0o600 if rendered.secret else int(rendered.mode, 8)), dest
+    scripts = [d for (_, d), f in files.items() if f.mode == "0755"]
+    assert "/usr/local/bin/backup-psa-app.sh" in scripts
+
+
+def _spellings(value: str) -> set[str]:
+    """Every way a template may write a secret: raw, quoted, escaped, encoded."""
+    return {
+        value,
+        json.dumps(value)[1:-1],
+        urllib.parse.quote(value, safe=""),
+        value.replace("'", "''"),
+        value.replace("\\", "\\\\").replace('"', '\\"'),
+    }
+
+
+@pytest.mark.parametrize("inventory", ["mvp", "production"])
+def test_masked_render_holds_no_real_secret(inventory: str) -> None:
+    loaded = load(inventory)
+    # The real values are loaded; only reveal=False may keep them out.
+    rendering = Renderer(
+        ROOT / "templates",
+        loaded,
+        {name: Secret(name, value) for name, value in TEST_SECRETS.items()},
+    )
+    books = playbooks()
+    contents = [
+        f.content
+        for container in loaded.inventory.containers
+        for f in rendering.files(container, books, reveal=False)
+    ]
+    for value in TEST_SECRETS.values():
+        for spelling in _spellings(value):
+            assert not any(spelling in text for text in contents), spelling
+    env = next(c for c in contents if c.count("POSTGRES_PASSWORD=") == 1)
+    assert f'POSTGRES_PASSWORD="{MASK}"' in env
+
+
+@pytest.mark.parametrize("inventory", ["mvp", "production"])
+def test_commands_never_see_secrets(inventory: str) -> None:
+    loaded = load(inventory)
+    rendering = renderer(loaded)
+    books = playbooks()
+    for container in loaded.inventory.containers:
+        steps = [s for _, s in rendering.steps(container, books)]
+        steps += list(rendering.handlers(container, books).values())
+        for step in steps:
+            if step.command is None:
+                continue
+            text = " ".join(filter(None, [step.command.run, step.command.unless]))
+            assert "{{" not in text and "{%" not in text, step.name
+            for value in TEST_SECRETS.values():
+                for spelling in _spellings(value):
+                    assert spelling not in text, step.name
+
+
+def test_a_command_using_a_secret_is_refused(tmp_path: Path) -> None:
+    books = _copy_playbooks(tmp_path)
+    redis = books / "redis.yml"
+    redis.write_text(
+        redis.read_text().replace(
+            "handlers:",
+            "  - name: leak\n    command:\n"
+            "      run: redis-cli -a {{ secrets.redis_password }} ping\n\nhandlers:",
+        )
+    )
+    loaded = load("mvp")
+    with pytest.raises(TemplateError) as caught:
+        renderer(loaded).steps(
+            loaded.inventory.find("psa-redis"), load_playbooks(books)
+        )
+    assert "step 'leak'" in caught.value.message
+    assert "'secrets' is undefined" in caught.value.message
+    assert caught.value.hint is not None and "secret: true" in caught.value.hint
+
+
+def test_commands_quote_every_inventory_value(tmp_path: Path) -> None:
+    rendering = renderer(load("mvp"))
+    for value in ["psa", "a b", "it's", '"$(rm -rf /)"', "x;y|z&", "\\n"]:
+        word = rendering.env.from_string("{{ v | shquote }}").render(v=value)
+        echoed = subprocess.run(
+            ["bash", "-c", f"printf %s {word}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert echoed.stdout == value
+        assert shlex.split(word) == [value]
+
+
+def test_paths_follow_the_inventorys_app_root(tmp_path: Path) -> None:
+    text = (ROOT / "inventory/mvp.yml").read_text()
+    loaded = load_text(
+        text.replace("root: /opt/psa-platform", "root: /srv/psa"), tmp_path
+    )
+    rendering = renderer(loaded)
+    app = loaded.inventory.find("psa-app")
+    steps = [s for _, s in rendering.steps(app, playbooks())]
+    paths = [s.directory.path for s in steps if s.directory is not None]
+    assert "/srv/psa/logs" in paths and not any(p.startswith(APP) for p in paths)
+    dests = {f.dest for f in rendering.files(app, playbooks())}
+    assert {"/srv/psa/.env", "/srv/psa/ecosystem.config.js"} <= dests
+    commands = " ".join(s.command.run for s in steps if s.command is not None)
+    assert "/srv/psa/config/pm2-logrotate.conf" in commands and APP not in commands
+
+
+def test_every_role_command_is_guarded() -> None:
+    # A command without creates/unless must be harmless to repeat.
+    repeatable = {"wait for the broker"}
+    for name, book in playbooks().items():
+        for step in book.steps:
+            if step.command is not None and step.name not in repeatable:
+                assert step.command.creates or step.command.unless, (
+                    f"{name}: {step.name}"
+                )
+
+
+def test_every_installed_file_says_it_is_managed() -> None:
+    # The password file must hold the password alone, so it has no header.
+    for (host, dest), rendered in render_all(load("mvp"), reveal=False).items():
+        if dest == "/etc/rabbitmq/psa-app.password":
+            assert rendered.content == MASK
+            continue
+        head = "\n".join(rendered.content.splitlines()[:3])
+        assert "Managed by psa-infra" in head, f"{host}:{dest}"
+
+
+# --- template errors --------------------------------------------------------
+
+
+def _broken_renderer(
+    tmp_path: Path, name: str, text: str
+) -> tuple[Renderer, LoadedInventory]:
+    templates = tmp_path / "templates"
+    (templates / "broken").mkdir(parents=True)
+    (templates / "broken" / name).write_text(text)
+    loaded = load("mvp")
+    return Renderer(templates, loaded, {}), loaded
+
+
+TEMPLATE_ERRORS = [
+    (
+        "syntax.j2",
+        "# line 1\nport = {{ inventory.redis.port }}\n{% if container.role %}\nx\n",
+        4,
+        "Unexpected end of template",
+    ),
+    (
+        "lexer.j2",
+        "# line 1\nline 2\n{# a comment that never ends\nline 4\n",
+        3,
+        "Missing end of comment tag",
+    ),
+    (
+        "undefined.j2",
+        "# line 1\nport = {{ inventory.redis.port }}\nhost = {{ nosuch.ip }}\nend\n",
+        3,
+        "'nosuch' is undefined",
+    ),
+    (
+        "attribute.j2",
+        "# line 1\n\nname = {{ container.hostnme | upper }}\nend\n",
+        3,
+        "hostnme",
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "text", "line", "message"), TEMPLATE_ERRORS)
+def test_template_error_names_template_line_and_shows_lines(
+    tmp_path: Path, name: str, text: str, line: int, message: str
+) -> None:
+    rendering, loaded = _broken_renderer(tmp_path, name, text)
+    context = rendering.context(loaded.inventory.find("psa-redis"))
+    with pytest.raises(TemplateError) as caught:
+        rendering.render(f"broken/{name}", context)
+    error = caught.value.message
+    assert error.startswith(f"template broken/{name} line {line}: "), error
+    assert message in error
+    lines = text.splitlines()
+    assert f">    {line} | {lines[line - 1]}" in error
+    assert f"     {line - 1} | {lines[line - 2]}" in error
+
+
+def test_missing_template_is_named(tmp_path: Path) -> None:
+    rendering, loaded = _broken_renderer(tmp_path, "x.j2", "")
+    with pytest.raises(TemplateError, match="template broken/nothere.j2 not found"):
+        rendering.render(
+            "broken/nothere.j2", rendering.context(loaded.inventory.containers[0])
+        )
+
+
+def test_misspelt_when_is_an_error_not_a_skipped_file(tmp_path: Path) -> None:
+    books = _copy_playbooks(tmp_path)
+    app = books / "app.yml"
+    app.write_text(app.read_text().replace('in services"', 'in servces"'))
+    loaded = load("mvp")
+    with pytest.raises(TemplateError, match="upstreams.json: bad 'when'.*servces"):
+        renderer(loaded).files(loaded.inventory.find("psa-app"), load_playbooks(books))
+
+
+# --- playbook errors --------------------------------------------------------
+
+
+def _copy_playbooks(tmp_path: Path) -> Path:
+    books = tmp_path / "playbooks"
+    shutil.copytree(ROOT / "playbooks", books)
+    return books
+
+
+# (case, (text, replacement), message pattern, text on the line it names)
+PLAYBOOK_ERRORS = [
+    (
+        "unknown key",
+        ("      secret: true\n", "      secret: true\n      modee: 0600\n"),
+        r"playbooks/redis\.yml line \d+: steps\[1\]\.file\.modee: unknown key 'modee'$",
+        "modee: 0600",
+    ),
+    (
+        "two actions",
+        (
+            "    packages: [redis-server, redis-tools]\n",
+            "    packages: [redis-server, redis-tools]\n    service: {name: redis}\n",
+        ),
+        r"playbooks/redis\.yml line \d+: steps\[0\]: a step has exactly one of "
+        r".*\(this one has packages, service\)$",
+        "- name: redis packages",
+    ),
+    (
+        "unknown handler",
+        ("notify: [restart redis]", "notify: [restart rediss]"),
+        r"playbooks/redis\.yml line \d+: steps\[1\]\.notify\[0\]: unknown handler "
+        r"'restart rediss' \(handlers: restart redis\)$",
+        "notify: [restart rediss]",
+    ),
+    (
+        "bad mode",
+        ('      mode: "0750"\n', '      mode: "750"\n'),
+        r"playbooks/redis\.yml line \d+: steps\[2\]\.directory\.mode: .*pattern",
+        'mode: "750"',
+    ),
+    (
+        "wrong role",
+        ("role: redis\n", "role: redis-server\n"),
+        r"playbooks/redis\.yml line \d+: role: 'redis-server' does not match",
+        "role: redis-server",
+    ),
+]
+
+
+@pytest.mark.parametrize(("case", "change", "pattern", "line_text"), PLAYBOOK_ERRORS)
+def test_bad_playbook_names_file_line_and_key(
+    tmp_path: Path, case: str, change: tuple[str, str], pattern: str, line_text: str
+) -> None:
+    books = _copy_playbooks(tmp_path)
+    redis = books / "redis.yml"
+    text = redis.read_text()
+    assert text.count(change[0]) == 1, case
+    redis.write_text(text.replace(change[0], change[1]))
+    with pytest.raises(PlaybookError) as caught:
+        load_playbooks(books, Path("playbooks"))
+    message = caught.value.message
+    assert re.match(pattern, message), message
+    found = re.search(r" line (\d+):", message)
+    assert found is not None
+    assert line_text in redis.read_text().splitlines()[int(found.group(1)) - 1]
