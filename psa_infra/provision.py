@@ -15,6 +15,7 @@ A converged cluster gives no action, so a re-run writes nothing.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -323,6 +324,7 @@ class Applier:
         self.loaded = loaded
         self.timeout = task_timeout
         self.on_step = on_step or (lambda host, text: None)
+        self.slots = threading.BoundedSemaphore(DEFAULT_PARALLEL)
 
     def download_templates(self, nodes: Sequence[str]) -> None:
         """Fetch the template onto each node that lacks it."""
@@ -347,11 +349,18 @@ class Applier:
             )
 
     def run(self, result: Diff, parallel: int) -> list[Outcome]:
-        """Apply every container's actions, ``parallel`` containers at a time."""
+        """Apply every container's actions.
+
+        At most ``parallel`` heavy tasks (create, destroy, move, resize) run
+        at once; the quick steps around them (start, config) take no slot,
+        so the next heavy task begins as soon as one ends.
+        """
         hosts = list(
             dict.fromkeys(a.host for a in result.actions if a.kind != "unmanaged")
         )
-        with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+        self.slots = threading.BoundedSemaphore(max(1, parallel))
+        workers = max(1, min(len(hosts), 2 * parallel))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
             return list(pool.map(lambda h: self._container(result.for_host(h)), hosts))
 
     def _container(self, actions: list[Action]) -> Outcome:
@@ -397,13 +406,14 @@ class Applier:
         params: Mapping[str, Any],
         outcome: Outcome,
     ) -> None:
-        self.on_step(host, f"creating on {node}")
-        upid = self.client.post(
-            f"/nodes/{node}/lxc",
-            dict(params),
-            resolve=self._task_since(node, vmid, "vzcreate"),
-        )
-        self._wait(upid, f"create {host} ({vmid})", outcome)
+        with self.slots:
+            self.on_step(host, f"creating on {node}")
+            upid = self.client.post(
+                f"/nodes/{node}/lxc",
+                dict(params),
+                resolve=self._task_since(node, vmid, "vzcreate"),
+            )
+            self._wait(upid, f"create {host} ({vmid})", outcome)
         self._start(host, vmid, node, outcome)
 
     def _start(self, host: str, vmid: int, node: str, outcome: Outcome) -> None:
@@ -429,12 +439,14 @@ class Applier:
                 data["delete"] = ",".join(deletes)
             self.client.put(base + "/config", data)
         if "disk" in changes:
-            self.on_step(action.host, f"growing disk to {changes['disk']['new']}")
-            upid = self.client.put(
-                base + "/resize", {"disk": "rootfs", "size": changes["disk"]["new"]}
-            )
-            if isinstance(upid, str) and upid.startswith("UPID:"):
-                self._wait(upid, f"resize {action.host} ({vmid})", outcome)
+            with self.slots:
+                self.on_step(action.host, f"growing disk to {changes['disk']['new']}")
+                upid = self.client.put(
+                    base + "/resize", {"disk": "rootfs", "size": changes["disk"]["new"]}
+                )
+                # Before PVE 8 a resize answered at once, without a task.
+                if isinstance(upid, str) and upid.startswith("UPID:"):
+                    self._wait(upid, f"resize {action.host} ({vmid})", outcome)
         if "status" in changes:
             self._start(action.host, vmid, node, outcome)
 
@@ -445,12 +457,13 @@ class Applier:
         data: dict[str, Any] = {"target": target}
         if action.details.get("running"):
             data["restart"] = 1
-        upid = self.client.post(
-            f"/nodes/{source}/lxc/{vmid}/migrate",
-            data,
-            resolve=self._task_since(source, vmid, "vzmigrate"),
-        )
-        self._wait(upid, f"move {action.host} ({vmid}) to {target}", outcome)
+        with self.slots:
+            upid = self.client.post(
+                f"/nodes/{source}/lxc/{vmid}/migrate",
+                data,
+                resolve=self._task_since(source, vmid, "vzmigrate"),
+            )
+            self._wait(upid, f"move {action.host} ({vmid}) to {target}", outcome)
 
     def _replace(self, action: Action, outcome: Outcome) -> None:
         node, vmid = str(action.details["node"]), int(action.vmid or 0)
@@ -461,9 +474,12 @@ class Applier:
                 base + "/status/stop", resolve=self._task_since(node, vmid, "vzstop")
             )
             self._wait(upid, f"stop {action.host} ({vmid})", outcome)
-        self.on_step(action.host, "destroying")
-        upid = self.client.delete(base, {"purge": 1, "destroy-unreferenced-disks": 1})
-        self._wait(upid, f"destroy {action.host} ({vmid})", outcome)
+        with self.slots:
+            self.on_step(action.host, "destroying")
+            upid = self.client.delete(
+                base, {"purge": 1, "destroy-unreferenced-disks": 1}
+            )
+            self._wait(upid, f"destroy {action.host} ({vmid})", outcome)
         target = str(action.details.get("to_node") or node)
         self._make(action.host, vmid, target, action.details["params"], outcome)
 

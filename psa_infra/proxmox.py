@@ -469,7 +469,7 @@ class Client:
                     hint="see the task in the Proxmox task log; raise --task-timeout "
                     "for slow storage",
                 )
-            self._sleep(min(max(waited / 20, 0.02), poll_max, timeout - waited))
+            self._sleep(min(max(waited / 40, 0.03), poll_max, timeout - waited))
         exitstatus = str(status.get("exitstatus") or "")
         if exitstatus == "OK":
             return TaskResult(upid, exitstatus)
