@@ -219,7 +219,7 @@ def test_a_command_using_a_secret_is_refused(tmp_path: Path) -> None:
     assert caught.value.hint is not None and "secret: true" in caught.value.hint
 
 
-def test_commands_quote_every_inventory_value(tmp_path: Path) -> None:
+def test_commands_quote_every_inventory_value() -> None:
     rendering = renderer(load("mvp"))
     for value in ["psa", "a b", "it's", '"$(rm -rf /)"', "x;y|z&", "\\n"]:
         word = rendering.env.from_string("{{ v | shquote }}").render(v=value)
