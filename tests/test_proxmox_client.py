@@ -16,7 +16,10 @@ from psa_infra.secrets import Secret
 # fakepve's event loop stops with some server-side connections (a refused TLS
 # handshake, a kept-alive error answer) still open, and the garbage collector
 # warns about them at a random later point; they are the fake's sockets.
-pytestmark = pytest.mark.filterwarnings("ignore:unclosed:ResourceWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:unclosed:ResourceWarning"),
+    pytest.mark.usefixtures("api_responses"),
+]
 
 TOKEN = "psa@pve!provision"
 SECRET = "token-Secret-9"
@@ -203,11 +206,14 @@ def test_tls_is_verified_with_the_ca_and_refused_without(
 
 
 def test_api_error_names_method_path_message_and_parameters(
-    client: Client, fakepve: Any
+    client: Client, fakepve: Any, api_responses: list[Any]
 ) -> None:
-    # A request psa-infra itself never sends: a bad value on purpose.
+    # A request psa-infra itself never sends: a bad value on purpose. Its 400
+    # is taken off the record that no 400 was answered.
     with pytest.raises(ProxmoxError) as caught:
         client.put("/nodes/pve1/lxc/100/config", {"memory": "lots"})
+    assert [r[2] for r in api_responses] == [400]
+    api_responses.clear()
     text = caught.value.message
     assert text.startswith("PUT /nodes/pve1/lxc/100/config: 400 Parameter verification")
     assert "\n  memory: " in text
