@@ -303,6 +303,11 @@ def read_plan(
         loaded.inventory.find(key)
     cluster = observe(client, loaded, desired, parallel)
     result = diff(desired, cluster.guests, loaded.inventory.proxmox.tag, granted)
+    # With --only, the inventory's other containers are not strays.
+    listed = {c.vmid for c in loaded.inventory.containers}
+    result.actions = [
+        a for a in result.actions if not (a.kind == "unmanaged" and a.vmid in listed)
+    ]
     problems, downloads = preflight(loaded, desired, cluster, result)
     return desired, cluster, result, problems, downloads
 

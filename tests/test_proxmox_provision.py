@@ -387,11 +387,14 @@ def test_unmanaged_tagged_container_is_shown_and_left_alone(
 def test_only_limits_the_containers(
     pve: Any, cli: Run, project_root: Path, writes: Writes
 ) -> None:
-    assert (
-        provision(cli, project_root, "--only", "psa-redis", "--only", "150").exit_code
-        == 0
-    )
+    result = provision(cli, project_root, "--only", "psa-redis", "--only", "150")
+    assert result.exit_code == 0
     assert creates(writes) == [110, 150]
+    again = provision(cli, project_root, "--only", "psa-db-master")
+    assert again.exit_code == 0
+    assert creates(writes) == [100, 110, 150]
+    # The inventory's other containers carry the tag but are not strays.
+    assert "not in the inventory" not in again.stderr
 
 
 # ------------------------------------------------------------ CLI error paths
