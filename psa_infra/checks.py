@@ -35,7 +35,9 @@ class _Report:
         return self._lines.get(problem, 0)
 
     def warn(self, loc: Loc, message: str) -> None:
-        self.warnings.append(f"{self.document.where(loc)}: {format_loc(loc)}: {message}")
+        self.warnings.append(
+            f"{self.document.where(loc)}: {format_loc(loc)}: {message}"
+        )
 
     def line(self, loc: Loc) -> str:
         line = self.document.line(loc)
@@ -58,7 +60,11 @@ def _unique(report: _Report, inventory: Inventory) -> None:
             value = getattr(container, attribute)
             if value in first:
                 other = inventory.containers[first[value]]
-                owner = f"container {other.vmid}" if attribute == "hostname" else other.hostname
+                owner = (
+                    f"container {other.vmid}"
+                    if attribute == "hostname"
+                    else other.hostname
+                )
                 report.error(
                     ("containers", index, attribute),
                     f"{attribute} {value} is already used by {owner}"
@@ -87,7 +93,10 @@ def _addresses(report: _Report, inventory: Inventory) -> None:
             )
         elif address == network.gateway:
             report.error(loc, f"{address} is the gateway of {container.bridge}")
-        elif address in (network.subnet.network_address, network.subnet.broadcast_address):
+        elif address in (
+            network.subnet.network_address,
+            network.subnet.broadcast_address,
+        ):
             report.error(loc, f"{address} is not a host address of {network.subnet}")
 
 
@@ -120,7 +129,8 @@ def _nodes(report: _Report, inventory: Inventory) -> None:
         if container.memory > size.memory:
             report.error(
                 ("containers", index, "memory"),
-                f"{container.memory} MiB is more than node {node} has ({size.memory} MiB)",
+                f"{container.memory} MiB is more than node {node} has "
+                f"({size.memory} MiB)",
             )
     for node, total in memory_per_node.items():
         size = sizes.get(node)
@@ -136,20 +146,25 @@ def _services(report: _Report, inventory: Inventory) -> None:
     wanted = inventory.app.services
     for name, count in Counter(wanted).items():
         if count > 1:
-            report.error(("app", "services"), f"service '{name}' is listed {count} times")
+            report.error(
+                ("app", "services"), f"service '{name}' is listed {count} times"
+            )
     placed: dict[str, int] = {}
     for index, container in enumerate(inventory.containers):
         if container.services and container.role != "app":
             report.error(
                 ("containers", index, "services"),
-                f"services run only on containers of role 'app', not '{container.role}'",
+                "services run only on containers of role 'app', "
+                f"not '{container.role}'",
             )
             continue
         for name in container.services:
             loc: Loc = ("containers", index, "services", name)
             if name not in wanted:
                 report.error(
-                    loc, f"service '{name}' is not one of app.services ({', '.join(wanted)})"
+                    loc,
+                    f"service '{name}' is not one of app.services "
+                    f"({', '.join(wanted)})",
                 )
             elif name in placed:
                 other = inventory.containers[placed[name]]
@@ -161,7 +176,9 @@ def _services(report: _Report, inventory: Inventory) -> None:
             else:
                 placed[name] = index
         if container.role == "app" and not container.services:
-            report.warn(("containers", index, "services"), "app container runs no service")
+            report.warn(
+                ("containers", index, "services"), "app container runs no service"
+            )
     for name in wanted:
         if name not in placed:
             report.error(
@@ -188,10 +205,12 @@ def _ports(report: _Report, inventory: Inventory) -> None:
 
 
 def _roles(report: _Report, inventory: Inventory) -> None:
-    roles = Counter(c.role for c in inventory.containers)
+    roles: Counter[str] = Counter(c.role for c in inventory.containers)
     for role in REQUIRED_ROLES:
         if not roles[role]:
-            report.error(("containers",), f"no container has role '{role}'; the app needs one")
+            report.error(
+                ("containers",), f"no container has role '{role}'; the app needs one"
+            )
     for role in ("postgresql", "redis", "rabbitmq", "elasticsearch"):
         if roles[role] > 1:
             report.error(
@@ -214,11 +233,14 @@ def _secrets(report: _Report, inventory: Inventory, root: Path | None) -> None:
         path = Path(ref.file).expanduser()
         loc: Loc = ("secrets", name, "file")
         if not path.is_absolute():
-            report.error(loc, "a secret file must be an absolute path (or start with ~)")
+            report.error(
+                loc, "a secret file must be an absolute path (or start with ~)"
+            )
         elif root is not None and path.resolve().is_relative_to(root.resolve()):
             report.error(
                 loc,
-                "a secret file must live outside the project, where it cannot be committed",
+                "a secret file must live outside the project, "
+                "where it cannot be committed",
             )
 
 
@@ -232,7 +254,8 @@ def _budget(report: _Report, inventory: Inventory) -> None:
     )
     report.error(
         ("postgresql", "max_connections"),
-        f"{postgres.max_connections} is too small: {instances} PM2 instances x pool max "
+        f"{postgres.max_connections} is too small: {instances} PM2 instances "
+        "x pool max "
         f"{postgres.pool.max} = {demand} connections, plus "
         f"{postgres.reserved_connections} reserved, needs {needed}; raise "
         f"max_connections to at least {needed}"
@@ -273,7 +296,8 @@ def check_coexistence(first: LoadedInventory, second: LoadedInventory) -> None:
     problems = []
     for attribute in ("vmid", "address"):
         theirs = {
-            getattr(c, attribute): (i, c) for i, c in enumerate(second.inventory.containers)
+            getattr(c, attribute): (i, c)
+            for i, c in enumerate(second.inventory.containers)
         }
         for index, container in enumerate(first.inventory.containers):
             match = theirs.get(getattr(container, attribute))

@@ -13,9 +13,9 @@ import sys
 import tempfile
 import traceback
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from typer.exceptions import Abort, Exit, TyperException
@@ -55,7 +55,9 @@ class Options:
     debug: bool = False
 
 
-class Format(str, Enum):
+class Format(StrEnum):
+    """Output formats of plans."""
+
     text = "text"
     json = "json"
     markdown = "markdown"
@@ -76,8 +78,10 @@ def _options(ctx: typer.Context) -> Options:
 
 
 def _setup_logging(options: Options) -> None:
-    level = logging.DEBUG if options.debug else (
-        logging.INFO if options.verbose else logging.WARNING
+    level = (
+        logging.DEBUG
+        if options.debug
+        else (logging.INFO if options.verbose else logging.WARNING)
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
@@ -105,7 +109,8 @@ def _main(
         int, typer.Option("--verbose", "-v", count=True, help="Show progress (INFO).")
     ] = 0,
     debug: Annotated[
-        bool, typer.Option("--debug", help="Show API calls and commands, and library logs.")
+        bool,
+        typer.Option("--debug", help="Show API calls and commands, and library logs."),
     ] = False,
 ) -> None:
     ctx.obj = Options(root=root, verbose=verbose, debug=debug)
@@ -143,10 +148,13 @@ def validate(
     inventories: Annotated[
         list[Path] | None,
         typer.Argument(
-            help="Inventory files (default: every file in inventory/).", show_default=False
+            help="Inventory files (default: every file in inventory/).",
+            show_default=False,
         ),
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print results as JSON.")
+    ] = False,
 ) -> None:
     """Check inventories before anything touches a server.
 
@@ -166,7 +174,9 @@ def validate(
     project = project_of(ctx)
     paths = [project.inventory_path(p) for p in inventories or project.inventories()]
     if not paths:
-        raise InventoryError(f"no inventory files in {project.shown(project.inventory_dir)}")
+        raise InventoryError(
+            f"no inventory files in {project.shown(project.inventory_dir)}"
+        )
     loaded, problems, hints = [], [], []
     for path in paths:
         try:
@@ -183,7 +193,7 @@ def validate(
     if problems:
         hint = next((h for h in hints if h), None)
         raise InventoryError(problems[0], hint=hint, problems=problems)
-    results = [
+    results: list[dict[str, Any]] = [
         {
             "inventory": str(item.path),
             "name": item.inventory.name,
@@ -211,11 +221,16 @@ def render(
     ctx: typer.Context,
     inventory: InventoryArg = None,
     out: Annotated[
-        Path, typer.Option("--out", "-o", help="Folder to write into, one sub-folder per host.")
+        Path,
+        typer.Option(
+            "--out", "-o", help="Folder to write into, one sub-folder per host."
+        ),
     ] = Path("out"),
     host: Annotated[
         list[str] | None,
-        typer.Option("--only", help="Only this container (hostname or vmid); repeatable."),
+        typer.Option(
+            "--only", help="Only this container (hostname or vmid); repeatable."
+        ),
     ] = None,
     mask_secrets: Annotated[
         bool,
@@ -247,7 +262,9 @@ def render(
     renderer = Renderer(project.templates, loaded, secrets, _public_key(loaded))
     playbooks = load_playbooks(project.playbooks, project.shown(project.playbooks))
     containers = (
-        [loaded.inventory.find(key) for key in host] if host else loaded.inventory.containers
+        [loaded.inventory.find(key) for key in host]
+        if host
+        else loaded.inventory.containers
     )
     files: list[RenderedFile] = []
     for container in containers:
@@ -291,12 +308,15 @@ def plan(
     output_format: Annotated[
         Format, typer.Option("--format", "-f", help="Output format.")
     ] = Format.text,
-    as_json: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Same as --format json.")
+    ] = False,
     detailed_exitcode: Annotated[
         bool,
         typer.Option(
             "--detailed-exitcode",
-            help="Exit 0 when there is nothing to do, 2 when there are changes, 1 on error.",
+            help="Exit 0 when there is nothing to do, 2 when there are changes, "
+            "1 on error.",
         ),
     ] = False,
     baseline: Annotated[
@@ -320,8 +340,8 @@ def plan(
 
     Example: psa-infra plan --offline inventory/production.yml --format markdown
     """
-    from .playbooks import load_playbooks
     from .plan import compare_with_baseline, offline_plan
+    from .playbooks import load_playbooks
     from .render import Renderer
     from .secrets import masked_secrets
 
@@ -536,10 +556,7 @@ def provision(
             stdout_console(),
             "Containers",
             ("vmid", "host", "node", "result", "seconds"),
-            [
-                (o.vmid, o.host, o.node, o.result, f"{o.seconds:.1f}")
-                for o in outcomes
-            ],
+            [(o.vmid, o.host, o.node, o.result, f"{o.seconds:.1f}") for o in outcomes],
         )
     else:
         print("No changes: the containers match the inventory.")
@@ -640,7 +657,10 @@ def _crash(exc: BaseException) -> int:
         f"the full trace is in {name}",
         file=sys.stderr,
     )
-    print("hint: this is a bug in psa-infra; please report it with that file", file=sys.stderr)
+    print(
+        "hint: this is a bug in psa-infra; please report it with that file",
+        file=sys.stderr,
+    )
     return ExitCode.ERROR
 
 

@@ -11,7 +11,7 @@ message and hint and exits with its code, never a traceback::
     ├── ProxmoxError              exit 5   the Proxmox API refused or failed
     │   └── TaskError             exit 5   a Proxmox task ended in error
     ├── SSHError                  exit 6   a host cannot be reached or a command failed
-    ├── PlanConflictError         exit 7   the cluster cannot be brought to the inventory
+    ├── PlanConflictError         exit 7   the cluster cannot take the inventory
     └── MigrationError            exit 8   a service migration stopped
 
 Exit code 2 is reserved for "changes present" under ``--detailed-exitcode``

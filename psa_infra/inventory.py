@@ -380,8 +380,8 @@ def _model_at(loc: Loc) -> type[BaseModel] | None:
         while typing.get_origin(current) in (typing.Union, Annotated) or (
             type(current).__name__ == "UnionType"
         ):
-            args = [a for a in typing.get_args(current) if a is not type(None)]
-            current = args[0] if args else None
+            members = [a for a in typing.get_args(current) if a is not type(None)]
+            current = members[0] if members else None
     if isinstance(current, type) and issubclass(current, BaseModel):
         return current
     return None
@@ -418,7 +418,9 @@ def _describe(error: Any, document: Document) -> tuple[int, str]:
         model = _model_at(loc)
         message = f"unknown key '{loc[-1]}'"
         if model is not None:
-            close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)
+            close = difflib.get_close_matches(
+                str(loc[-1]), list(model.model_fields), n=1
+            )
             if close:
                 message += f" (did you mean '{close[0]}'?)"
     elif kind == "missing":
@@ -428,7 +430,9 @@ def _describe(error: Any, document: Document) -> tuple[int, str]:
             message = _FRIENDLY[kind].format(**error.get("ctx", {}))
         else:
             message = error["msg"]
-            message = message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+            message = message.removeprefix("Value error, ").removeprefix(
+                "Assertion failed, "
+            )
         if kind != "value_error":
             shown = error.get("input")
             if isinstance(shown, str | int | float | bool):

@@ -70,7 +70,8 @@ def find_project(root: Path | None = None, start: Path | None = None) -> Project
         if not (root / "inventory").is_dir():
             raise PsaInfraError(
                 f"{root} is not a psa-infra project: it has no inventory/ folder",
-                hint="pass the folder that holds inventory/ with --root or PSA_INFRA_ROOT",
+                hint="pass the folder that holds inventory/ with --root "
+                "or PSA_INFRA_ROOT",
             )
         return Project(root)
     here = (start or Path.cwd()).resolve()

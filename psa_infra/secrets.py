@@ -67,7 +67,9 @@ def read_secret(name: str, ref: SecretRef, where: str) -> Secret:
         if not value:
             raise SecretError(f"{where}: secret file {path} is empty")
     if "\n" in value or "\r" in value:
-        raise SecretError(f"{where}: secret '{name}' holds a line break, which no config accepts")
+        raise SecretError(
+            f"{where}: secret '{name}' holds a line break, which no config accepts"
+        )
     return Secret(name, value)
 
 

@@ -224,7 +224,7 @@ class Connection:
                 auth_timeout=target.connect_timeout,
                 allow_agent=False,
                 look_for_keys=False,
-                sock=sock,  # type: ignore[arg-type]
+                sock=sock,
             )
         except paramiko.BadHostKeyException as exc:
             client.close()
@@ -307,8 +307,10 @@ class Connection:
         except (OSError, EOFError) as exc:
             self.close()
             raise SSHError(
-                f"[{self.name}] connection lost while running: {display}: {_reason(exc)}",
-                hint="run again: every step checks its state before it changes anything",
+                f"[{self.name}] connection lost while running: {display}: "
+                f"{_reason(exc)}",
+                hint="run again: every step checks its state before it changes "
+                "anything",
             ) from None
         result = Result(self.name, display, code, out, err)
         if check and not result.ok:
@@ -337,7 +339,8 @@ class Connection:
             ) from None
         self.run(
             f"chown {quote(owner)}:{quote(group)} {quote(temporary)} && "
-            f"chmod {quote(mode)} {quote(temporary)} && mv -f {quote(temporary)} {quote(path)}",
+            f"chmod {quote(mode)} {quote(temporary)} && "
+            f"mv -f {quote(temporary)} {quote(path)}",
             step=f"install {path}",
         )
 
@@ -352,7 +355,8 @@ class Connection:
             except (paramiko.SSHException, OSError) as exc:
                 raise SSHError(
                     f"[{self.name}] SFTP is not available: {_reason(exc)}",
-                    hint="psa-infra copies files over SFTP; enable sshd's sftp subsystem",
+                    hint="psa-infra copies files over SFTP; enable sshd's sftp "
+                    "subsystem",
                 ) from None
         return self._sftp
 
@@ -408,7 +412,7 @@ def _load_key(path: Path) -> paramiko.PKey:
     errors = []
     for kind in (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey):
         try:
-            return kind.from_private_key_file(str(expanded))  # type: ignore[no-any-return]
+            return kind.from_private_key_file(str(expanded))
         except FileNotFoundError:
             raise SSHError(
                 f"SSH private key {expanded} does not exist",

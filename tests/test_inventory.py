@@ -25,7 +25,9 @@ def test_every_broken_case_has_an_expected_message() -> None:
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_broken_inventory_gives_exact_message(case: str, cli: Callable[..., object]) -> None:
+def test_broken_inventory_gives_exact_message(
+    case: str, cli: Callable[..., object]
+) -> None:
     result = cli("--root", str(BROKEN), "validate", f"inventory/{case}.yml")
     expected = (BROKEN / "expected" / f"{case}.txt").read_text()
     assert result.exit_code == 3  # type: ignore[attr-defined]
@@ -100,7 +102,9 @@ def test_coexistence_catches_a_vmid_taken_by_the_other_layout(
     project_root: Path, tmp_path: Path
 ) -> None:
     text = (project_root / "inventory/production.yml").read_text()
-    text = text.replace("vmid: 125\n    hostname: psa-billing", "vmid: 150\n    hostname: psa-billing")
+    text = text.replace(
+        "vmid: 125\n    hostname: psa-billing", "vmid: 150\n    hostname: psa-billing"
+    )
     path = tmp_path / "production.yml"
     path.write_text(text)
     production = load_inventory(path)
@@ -114,7 +118,8 @@ def test_validate_all_inventories_by_default(cli: Callable[..., object]) -> None
     result = cli("validate")
     assert result.exit_code == 0  # type: ignore[attr-defined]
     assert result.stdout.splitlines() == [  # type: ignore[attr-defined]
-        "inventory/mvp.yml: valid (5 containers, 8 services; PostgreSQL connections 410 of 500)",
+        "inventory/mvp.yml: valid (5 containers, 8 services; PostgreSQL "
+        "connections 410 of 500)",
         "inventory/production.yml: valid (12 containers, 8 services; PostgreSQL "
         "connections 550 of 600)",
     ]
@@ -122,7 +127,14 @@ def test_validate_all_inventories_by_default(cli: Callable[..., object]) -> None
 
 @pytest.mark.parametrize(
     ("value", "mib"),
-    [(4096, 4096), ("4G", 4096), ("4GiB", 4096), ("512M", 512), ("512 MB", 512), ("1T", 1048576)],
+    [
+        (4096, 4096),
+        ("4G", 4096),
+        ("4GiB", 4096),
+        ("512M", 512),
+        ("512 MB", 512),
+        ("1T", 1048576),
+    ],
 )
 def test_memory_sizes(value: object, mib: int) -> None:
     container = Container.model_validate(
@@ -197,11 +209,15 @@ def test_secret_environment_missing(
     loaded = load_inventory(project_root / "inventory/mvp.yml")
     with pytest.raises(SecretError) as caught:
         resolve_secrets(loaded)
-    assert "secret 'redis_password' needs environment variable PSA_REDIS_PASSWORD" in str(
-        caught.value
+    assert (
+        "secret 'redis_password' needs environment variable PSA_REDIS_PASSWORD"
+        in str(caught.value)
     )
     assert "mvp.yml line 43: " in str(caught.value)
-    assert caught.value.hint == "export PSA_REDIS_PASSWORD=... (or point the secret at a file)"
+    assert (
+        caught.value.hint
+        == "export PSA_REDIS_PASSWORD=... (or point the secret at a file)"
+    )
 
 
 def test_secret_file_must_be_private(tmp_path: Path) -> None:
@@ -218,9 +234,13 @@ def test_secret_file_must_be_private(tmp_path: Path) -> None:
     assert read_secret("pw", ref, "here").reveal() == "s3cret"
 
 
-def test_secret_file_inside_project_is_refused(project_root: Path, tmp_path: Path) -> None:
-    text = (project_root / "inventory/mvp.yml").read_text().replace(
-        "{env: PSA_REDIS_PASSWORD}", f"{{file: {project_root}/redis.txt}}"
+def test_secret_file_inside_project_is_refused(
+    project_root: Path, tmp_path: Path
+) -> None:
+    text = (
+        (project_root / "inventory/mvp.yml")
+        .read_text()
+        .replace("{env: PSA_REDIS_PASSWORD}", f"{{file: {project_root}/redis.txt}}")
     )
     path = tmp_path / "mvp.yml"
     path.write_text(text)
