@@ -14,7 +14,8 @@ import os
 import re
 import shutil
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,13 +45,13 @@ def _cpuset(cores: int) -> str:
     return "0" if count == 1 else f"0-{count - 1}"
 
 
-def lxc_config(vmid: int, config: Mapping[str, Any]) -> str:
+def lxc_config(vmid: int, config: Mapping[str, Any], base: Path) -> str:
     """Translate a PVE container config into an LXC config."""
     name = name_of(vmid)
     lines = [
         f"# Written by the psa-infra lab from PVE config of CT {vmid}; do not edit.",
         f"lxc.uts.name = {config.get('hostname') or f'CT{vmid}'}",
-        f"lxc.rootfs.path = dir:{LXC_PATH / name / 'rootfs'}",
+        f"lxc.rootfs.path = overlay:{base}:{LXC_PATH / name / 'delta'}",
         "lxc.include = /usr/share/lxc/config/common.conf",
         f"lxc.arch = {config.get('arch') or 'amd64'}",
         # No AppArmor on the lab hosts: PVE's generated profile has no equivalent.
@@ -128,6 +129,21 @@ def _net(vmid: int, index: int, key: str, props: Mapping[str, str]) -> list[str]
     return lines
 
 
+def remove(name: str) -> bool:
+    """Remove one lab container by name, also one a crash left half made."""
+    folder = LXC_PATH / name
+    if not folder.exists():
+        return False
+    mountpoint = str(folder / "rootfs")
+    mounts = Path("/proc/mounts").read_text(encoding="utf-8").split("\n")
+    if any(line.split(" ")[1:2] == [mountpoint] for line in mounts):
+        run(["umount", mountpoint])
+    if (folder / "config").exists():
+        run(["lxc-destroy", "-n", name, "-f"])
+    shutil.rmtree(folder, ignore_errors=True)
+    return True
+
+
 class Containers:
     """The real containers of one lab."""
 
@@ -135,11 +151,19 @@ class Containers:
         self.state = state
         self._known_hosts_lock = threading.Lock()
 
+    def folder(self, vmid: int) -> Path:
+        return LXC_PATH / name_of(vmid)
+
     def rootfs(self, vmid: int) -> Path:
-        return LXC_PATH / name_of(vmid) / "rootfs"
+        """Where the root filesystem is mounted while the lab writes into it."""
+        return self.folder(vmid) / "rootfs"
+
+    def delta(self, vmid: int) -> Path:
+        """The container's own files: the upper layer over the template."""
+        return self.folder(vmid) / "delta"
 
     def exists(self, vmid: int) -> bool:
-        return (LXC_PATH / name_of(vmid) / "config").exists()
+        return (self.folder(vmid) / "config").exists()
 
     def running(self, vmid: int) -> bool:
         done = run(["lxc-info", "-n", name_of(vmid), "-sH"], check=False)
@@ -150,36 +174,58 @@ class Containers:
     def create(
         self, vmid: int, config: Mapping[str, Any], ssh_keys: str | None
     ) -> None:
-        """Unpack the template, make fresh host keys and authorise the SSH keys."""
+        """Make the root filesystem, fresh host keys, and authorise the SSH keys.
+
+        The root filesystem is the unpacked template with a copy-on-write
+        layer of the container's own on top: creating five containers
+        writes kilobytes, not five copies of the template.
+        """
         name = name_of(vmid)
-        if (LXC_PATH / name).exists():
+        folder = self.folder(vmid)
+        if folder.exists():
             raise LabError(
-                f"{LXC_PATH / name} already exists; the lab will not overwrite it",
+                f"{folder} already exists; the lab will not overwrite it",
                 hint="run psa-infra lab down, or remove it if it is not the lab's",
             )
         self.state.add_container(name)
-        rootfs = self.rootfs(vmid)
-        rootfs.mkdir(parents=True, mode=0o755)
-        run(["tar", "--zstd", "-xpf", str(self.state.template), "-C", str(rootfs),
-             "--numeric-owner"])  # fmt: skip
+        for part in ("delta", "olwork", "rootfs"):
+            (folder / part).mkdir(parents=True, mode=0o755)
+        with self._mounted(vmid) as rootfs:
+            # A template's host keys would be shared by all its containers.
+            for old in (rootfs / "etc/ssh").glob("ssh_host_*"):
+                old.unlink()
+            run(["ssh-keygen", "-A", "-f", str(rootfs)])
+            ssh_dir = rootfs / "root/.ssh"
+            ssh_dir.mkdir(mode=0o700, exist_ok=True)
+            keys = (ssh_keys or "").strip()
+            if keys:
+                authorized = ssh_dir / "authorized_keys"
+                authorized.write_text(keys + "\n", encoding="utf-8")
+                authorized.chmod(0o600)
+            self._write_files(rootfs, vmid, config)
+        self._write_lxc_config(vmid, config)
 
-        # Containers unpacked from one template would share its host keys.
-        for old in (rootfs / "etc/ssh").glob("ssh_host_*"):
-            old.unlink()
-        run(["ssh-keygen", "-A", "-f", str(rootfs)])
-
-        ssh_dir = rootfs / "root/.ssh"
-        ssh_dir.mkdir(mode=0o700, exist_ok=True)
-        keys = (ssh_keys or "").strip()
-        if keys:
-            authorized = ssh_dir / "authorized_keys"
-            authorized.write_text(keys + "\n", encoding="utf-8")
-            authorized.chmod(0o600)
-        self.write_config(vmid, config)
+    @contextmanager
+    def _mounted(self, vmid: int) -> Iterator[Path]:
+        """Mount the container's root filesystem on the host while writing into it."""
+        folder, mountpoint = self.folder(vmid), self.rootfs(vmid)
+        options = (
+            f"lowerdir={self.state.base},upperdir={folder / 'delta'},"
+            f"workdir={folder / 'olwork'}"
+        )
+        run(["mount", "-t", "overlay", "overlay", "-o", options, str(mountpoint)])
+        try:
+            yield mountpoint
+        finally:
+            run(["umount", str(mountpoint)])
 
     def write_config(self, vmid: int, config: Mapping[str, Any]) -> None:
         """Write the LXC config and the files PVE manages inside the container."""
-        rootfs = self.rootfs(vmid)
+        with self._mounted(vmid) as rootfs:
+            self._write_files(rootfs, vmid, config)
+        self._write_lxc_config(vmid, config)
+
+    def _write_files(self, rootfs: Path, vmid: int, config: Mapping[str, Any]) -> None:
         hostname = str(config.get("hostname") or f"CT{vmid}")
         domain = str(config.get("searchdomain") or "").split()
         address = split_props(str(config.get("net0", ""))).get("ip", "").split("/")[0]
@@ -212,10 +258,12 @@ class Containers:
             shutil.copyfile(
                 HOST_CA_BUNDLE, rootfs / "etc/ssl/certs/ca-certificates.crt"
             )
+        self._note_host_keys(vmid, rootfs, address)
 
-        folder = LXC_PATH / name_of(vmid)
-        (folder / "config").write_text(lxc_config(vmid, config), encoding="utf-8")
-        self._note_host_keys(vmid, address)
+    def _write_lxc_config(self, vmid: int, config: Mapping[str, Any]) -> None:
+        (self.folder(vmid) / "config").write_text(
+            lxc_config(vmid, config, self.state.base), encoding="utf-8"
+        )
 
     # ------------------------------------------------------------ power
 
@@ -265,10 +313,8 @@ class Containers:
 
     def destroy(self, vmid: int) -> None:
         """Remove the container and its root filesystem."""
-        name = name_of(vmid)
-        if (LXC_PATH / name).exists():
-            run(["lxc-destroy", "-n", name, "-f"])
-        self.state.drop_container(name)
+        remove(name_of(vmid))
+        self.state.drop_container(name_of(vmid))
         self._write_known_hosts()
 
     # ------------------------------------------------------------ access
@@ -277,19 +323,14 @@ class Containers:
         """Run a command inside the container (as ``pct exec``); return stdout."""
         return run(["lxc-attach", "-n", name_of(vmid), "--", *command]).stdout
 
-    def host_keys(self, vmid: int) -> list[str]:
-        """The container's SSH host public keys, as ``type base64`` lines."""
+    def _note_host_keys(self, vmid: int, rootfs: Path, address: str) -> None:
+        """Record the container's SSH host keys at its address in known_hosts."""
         keys = []
-        for path in sorted((self.rootfs(vmid) / "etc/ssh").glob("ssh_host_*_key.pub")):
+        for path in sorted((rootfs / "etc/ssh").glob("ssh_host_*_key.pub")):
             words = path.read_text(encoding="utf-8").split()
-            keys.append(f"{words[0]} {words[1]}")
-        return keys
-
-    def _note_host_keys(self, vmid: int, address: str) -> None:
+            keys.append(f"{address} {words[0]} {words[1]}")
         marker = self.state.containers_dir / name_of(vmid)
-        if address:
-            lines = [f"{address} {key}" for key in self.host_keys(vmid)]
-            marker.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        marker.write_text("".join(f"{line}\n" for line in keys if address), "utf-8")
         self._write_known_hosts()
 
     def _write_known_hosts(self) -> None:

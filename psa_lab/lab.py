@@ -25,7 +25,8 @@ from pathlib import Path
 from psa_infra.inventory import LoadedInventory
 
 from . import host
-from .containers import LXC_PATH, name_of
+from .containers import name_of
+from .containers import remove as remove_container
 from .errors import LabError
 from .host import say
 from .state import CONTAINER_PREFIX, TOKEN_ID, LabState, Record, write_private
@@ -94,9 +95,10 @@ def up(state: LabState, loaded: LoadedInventory) -> Record:
     host.check_bridges_free(sorted(inventory.networks), record)
     host.install_missing()
 
-    from .template import ensure_template
+    from .template import ensure_base, ensure_template
 
     ensure_template(state.template)
+    ensure_base(state.template, state.base)
     if inventory.proxmox.template != state.template.name:
         say(
             f"warning: the inventory names template {inventory.proxmox.template}; "
@@ -212,14 +214,8 @@ def down(state: LabState) -> list[str]:
     state.pidfile.unlink(missing_ok=True)
 
     for name in state.containers():
-        folder = LXC_PATH / name
-        if name.startswith(CONTAINER_PREFIX) and (folder / "config").exists():
-            host.run(["lxc-destroy", "-n", name, "-f"])
+        if name.startswith(CONTAINER_PREFIX) and remove_container(name):
             removed.append(f"container {name}")
-        elif name.startswith(CONTAINER_PREFIX) and folder.exists():
-            # A create that stopped half-way: no LXC config, only its folder.
-            _remove_tree(folder)
-            removed.append(f"unfinished container {name}")
         state.drop_container(name)
 
     for rule in record.rules:

@@ -170,8 +170,16 @@ class LabPve(FakePve):  # type: ignore[misc]
 
     async def _real(self, what: str, action: Callable[..., Any], *args: Any) -> Any:
         """Run a blocking real-container action in a thread; errors fail the task."""
+        began = time.monotonic()
         try:
-            return await asyncio.to_thread(action, *args)
+            result = await asyncio.to_thread(action, *args)
+            log.info(
+                "%s of CT %s took %.1f s",
+                action.__name__,
+                args[0],
+                time.monotonic() - began,
+            )
+            return result
         except LabError as exc:
             log.warning("%s: %s", what, exc)
             raise TaskError(f"{what} - {exc}") from exc

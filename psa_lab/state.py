@@ -13,7 +13,8 @@ created, so ``lab down`` removes exactly that, by name, even after a crash::
       token                 the API token secret (0600)
       ssh/id_ed25519        the lab's SSH key pair (private key 0600)
       known_hosts           the SSH host keys the lab generated per container
-      cache/                the Debian 12 template, kept across up and down
+      cache/                the Debian 12 template, packed and unpacked; kept
+                            across up and down
 """
 
 from __future__ import annotations
@@ -102,6 +103,11 @@ class LabState:
     @property
     def template(self) -> Path:
         return self.cache / TEMPLATE
+
+    @property
+    def base(self) -> Path:
+        """The template unpacked: the read-only layer under every container."""
+        return self.cache / TEMPLATE.removesuffix(".tar.zst")
 
     # ----------------------------------------------------------- record
 

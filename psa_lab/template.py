@@ -28,6 +28,23 @@ def ensure_template(path: Path) -> Path:
     return path
 
 
+def ensure_base(template: Path, base: Path) -> None:
+    """Unpack the template once, as the read-only layer under every container."""
+    stamp = base.with_name(base.name + ".unpacked")
+    want = f"{template.stat().st_mtime_ns} {template.stat().st_size}\n"
+    if base.is_dir() and stamp.is_file() and stamp.read_text(encoding="utf-8") == want:
+        return
+    say(f"unpacking {template.name}")
+    stamp.unlink(missing_ok=True)
+    shutil.rmtree(base, ignore_errors=True)
+    partial = base.with_name(base.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    run(["tar", "--zstd", "-xpf", str(template), "-C", str(partial), "--numeric-owner"])
+    partial.replace(base)
+    stamp.write_text(want, encoding="utf-8")
+
+
 def build_template(path: Path) -> None:
     """Build the template with debootstrap (about a minute) and pack it."""
     work = path.parent / "build"
@@ -67,8 +84,13 @@ def _trim(rootfs: Path) -> None:
     """Drop what must not be shared between containers, and the package caches."""
     for key in (rootfs / "etc/ssh").glob("ssh_host_*"):
         key.unlink()
-    for leftover in (rootfs / "var/cache/apt/archives").glob("*.deb"):
-        leftover.unlink()
+    # As in Proxmox's templates: no package lists or caches (apt-get update first).
+    for pattern in ("var/cache/apt/archives/*.deb", "var/cache/apt/*.bin"):
+        for leftover in rootfs.glob(pattern):
+            leftover.unlink()
+    for listing in (rootfs / "var/lib/apt/lists").glob("*"):
+        if listing.is_file():
+            listing.unlink()
     # Each container's systemd makes its own machine id at first boot.
     machine_id = rootfs / "etc/machine-id"
     if machine_id.exists():
