@@ -156,12 +156,13 @@ def _text(value: Any) -> str:
 
 
 def _same(key: str, want: Any, have: Any) -> bool:
+    if key in ("onboot", "unprivileged"):
+        # PVE may leave a flag that is off out of the config.
+        return _flag(want or 0) == _flag(have or 0)
     if want is None or have is None:
         return (want is None or want == "") and (have is None or have == "")
     if key in ("cores", "memory", "swap"):
         return str(want).strip() == str(have).strip()
-    if key in ("onboot", "unprivileged"):
-        return _flag(want) == _flag(have)
     if key == "tags":
         return tag_set(want) == tag_set(have)
     if key == "net0":

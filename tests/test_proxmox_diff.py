@@ -114,6 +114,11 @@ def test_changed_network_keeps_the_interface_mac() -> None:
     }
 
 
+def test_flag_that_is_off_may_be_missing_from_the_config() -> None:
+    assert kinds([want(onboot=0)], [have(onboot=None)]) == []
+    assert kinds([want(onboot=0)], [have(onboot=1)]) == ["update"]
+
+
 def test_value_removed_from_the_inventory_is_deleted() -> None:
     params = {k: v for k, v in PARAMS.items() if k != "description"}
     (action,) = diff(
