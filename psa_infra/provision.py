@@ -447,7 +447,9 @@ class Applier:
             with self.slots:
                 self.on_step(action.host, f"growing disk to {changes['disk']['new']}")
                 upid = self.client.put(
-                    base + "/resize", {"disk": "rootfs", "size": changes["disk"]["new"]}
+                    base + "/resize",
+                    {"disk": "rootfs", "size": changes["disk"]["new"]},
+                    resolve=self._task_since(node, vmid, "resize"),
                 )
                 # Before PVE 8 a resize answered at once, without a task.
                 if isinstance(upid, str) and upid.startswith("UPID:"):

@@ -219,8 +219,19 @@ class Client:
         """Read ``path``; retried on transient failures."""
         return self._call("GET", path, params=params, retry=True)
 
-    def put(self, path: str, data: Mapping[str, Any]) -> Any:
-        """Set values at ``path``; retried, as setting the same values twice is safe."""
+    def put(
+        self,
+        path: str,
+        data: Mapping[str, Any],
+        resolve: Callable[[float], Any] | None = None,
+    ) -> Any:
+        """Set values at ``path``; retried, as setting the same values twice is safe.
+
+        A PUT that starts a task (a resize) is not: give ``resolve`` as for
+        :meth:`post`.
+        """
+        if resolve is not None:
+            return self._call("PUT", path, data=data, retry=False, resolve=resolve)
         return self._call("PUT", path, data=data, retry=True)
 
     def post(
