@@ -301,3 +301,32 @@ def test_task_that_does_not_end_in_time_names_the_task(
     assert time.monotonic() - started < 0.6
     # Let the task end before the fake stops.
     assert client.wait_task(upid, "start psa-redis", timeout=5).exitstatus == "OK"
+
+
+def test_cli_start_up_loads_no_http_library() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, psa_infra.cli; "
+        "print(sorted(m for m in ('requests', 'urllib3', 'proxmoxer', 'fakepve') "
+        "if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "[]"
+
+
+def test_only_the_api_layer_imports_http_libraries() -> None:
+    from pathlib import Path
+
+    import psa_infra
+
+    package = Path(psa_infra.__file__).parent
+    for path in sorted(package.glob("*.py")):
+        text = path.read_text()
+        for library in ("requests", "urllib3", "proxmoxer", "fakepve"):
+            imported = f"import {library}" in text or f"from {library}" in text
+            if imported:
+                assert path.name == "proxmox.py" and library != "fakepve", path
