@@ -2,86 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
 import subprocess
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from sshd_support import Server, free_port, keygen, server
 
 from psa_infra.errors import SSHError
 from psa_infra.ssh import CommandFailed, Connection, KnownHosts, Target
 
-SSHD = Path("/usr/sbin/sshd")
-
-
-@dataclass
-class Server:
-    address: str
-    port: int
-    client_key: Path
-    host_key: Path
-    folder: Path
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _keygen(path: Path, kind: str = "ed25519") -> None:
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", kind, "-N", "", "-f", str(path)], check=True
-    )
-
-
-def _start(folder: Path, port: int) -> subprocess.Popen[bytes]:
-    config = folder / "sshd_config"
-    config.write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {folder / 'host_key'}\n"
-        f"AuthorizedKeysFile {folder / 'authorized_keys'}\n"
-        f"PidFile {folder / 'sshd.pid'}\n"
-        "StrictModes no\nUsePAM no\nPermitRootLogin prohibit-password\n"
-        "PasswordAuthentication no\nKbdInteractiveAuthentication no\n"
-        "Subsystem sftp /usr/lib/openssh/sftp-server\n"
-    )
-    Path("/run/sshd").mkdir(exist_ok=True)
-    process = subprocess.Popen(
-        [str(SSHD), "-D", "-e", "-f", str(config)], stderr=subprocess.DEVNULL
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return process
-        time.sleep(0.05)
-    process.kill()
-    raise RuntimeError("sshd did not start")
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    if not SSHD.exists() or shutil.which("ssh-keygen") is None or os.geteuid() != 0:
-        pytest.fail(
-            "these tests need root and openssh-server: run scripts/setup --system"
-        )
-    _keygen(tmp_path / "host_key")
-    _keygen(tmp_path / "client_key")
-    (tmp_path / "authorized_keys").write_text((tmp_path / "client_key.pub").read_text())
-    port = _free_port()
-    process = _start(tmp_path, port)
-    try:
-        yield Server(
-            "127.0.0.1", port, tmp_path / "client_key", tmp_path / "host_key", tmp_path
-        )
-    finally:
-        process.terminate()
-        process.wait(10)
+__all__ = ["server"]
 
 
 def _target(server: Server, **kwargs: object) -> Target:
@@ -124,7 +55,7 @@ def test_changed_host_key_is_refused_even_when_trusting_new(
     # The "container" is re-created with a new key at the same address.
     for suffix in ("", ".pub"):
         Path(f"{server.host_key}{suffix}").unlink()
-    _keygen(server.host_key)
+    keygen(server.host_key)
     subprocess.run(
         ["kill", "-HUP", (server.folder / "sshd.pid").read_text().strip()], check=True
     )
@@ -195,13 +126,13 @@ def test_secret_command_is_shown_masked(server: Server, tmp_path: Path) -> None:
 
 
 def test_connect_gives_up_with_a_clear_message(tmp_path: Path) -> None:
-    _keygen(tmp_path / "key")
+    keygen(tmp_path / "key")
     target = Target(
         "down-host",
         "127.0.0.1",
         "root",
         tmp_path / "key",
-        port=_free_port(),
+        port=free_port(),
         connect_timeout=1,
     )
     started = time.monotonic()
@@ -214,7 +145,7 @@ def test_connect_gives_up_with_a_clear_message(tmp_path: Path) -> None:
 
 
 def test_wrong_key_is_refused(server: Server, tmp_path: Path) -> None:
-    _keygen(tmp_path / "other")
+    keygen(tmp_path / "other")
     known = KnownHosts(tmp_path / "known_hosts")
     target = Target(
         "test-host", server.address, "root", tmp_path / "other", port=server.port
