@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import socket
 import subprocess
 import sys
 import time
@@ -241,16 +240,13 @@ def test_api_containers_are_real_hosts(
 
         # Across the lab's subnets without NAT: the database sees the app's address.
         listen = (
-            "python3 -c 'import socket; s = socket.socket(); "
-            's.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("", 5432)); '
-            "s.listen(); s.settimeout(20); print(s.accept()[1][0])'"
+            'python3 -c \'import socket; s = socket.create_server(("", 5432)); '
+            "s.settimeout(20); print(s.accept()[1][0])'"
         )
         _, peer, _ = db_client.exec_command(listen, timeout=30)
         time.sleep(0.5)
-        sh(
-            client,
-            "python3 -c 'import socket; socket.create_connection((\"10.0.30.10\", 5432), 5)'",
-        )
+        connect_db = "import socket; socket.create_connection(('10.0.30.10', 5432), 5)"
+        sh(client, f'python3 -c "{connect_db}"')
         assert peer.read().decode().strip() == str(app.address)
 
         # The package registry is reachable through NAT.
@@ -295,3 +291,41 @@ def test_down_leaves_nothing_behind(
     again = psa_infra("lab", "down")
     assert again.stdout.strip() == "lab: nothing to remove"
     assert psa_infra("lab", "status").stdout.strip() == "lab: down"
+
+
+def test_crashed_lab_is_recovered_by_down_then_up(ip_forward_before: str) -> None:
+    assert not lab_leftovers()
+    try:
+        psa_infra("lab", "up")
+        pid = int((STATE / "server.pid").read_text())
+        os.kill(pid, 9)
+        time.sleep(0.5)
+
+        status = psa_infra("lab", "status", check=False)
+        assert status.returncode == 1
+        assert "BROKEN" in status.stdout
+        again = psa_infra("lab", "up", check=False)
+        assert again.returncode == 9
+        assert "did not stop cleanly" in again.stderr
+        assert "hint: run psa-infra lab down, then psa-infra lab up" in again.stderr
+    finally:
+        psa_infra("lab", "down")
+    assert lab_leftovers() == []
+    assert (
+        Path("/proc/sys/net/ipv4/ip_forward").read_text().strip() == ip_forward_before
+    )
+
+
+def test_a_bridge_the_lab_did_not_make_is_left_alone() -> None:
+    assert not lab_leftovers()
+    subprocess.run(["ip", "link", "add", "vmbr30", "type", "bridge"], check=True)
+    try:
+        refused = psa_infra("lab", "up", check=False)
+        assert refused.returncode == 9
+        assert "vmbr30 already exists and was not made by the lab" in refused.stderr
+        assert Path("/sys/class/net/vmbr30").exists()
+        assert not Path("/sys/class/net/vmbr20").exists()
+        assert psa_infra("lab", "down").stdout.strip() == "lab: nothing to remove"
+        assert Path("/sys/class/net/vmbr30").exists()
+    finally:
+        subprocess.run(["ip", "link", "del", "vmbr30"], check=False)
