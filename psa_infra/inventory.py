@@ -180,6 +180,20 @@ class SSHSettings(_Model):
     connect_timeout: int = Field(default=10, gt=0)
 
 
+class PackageSources(_Model):
+    """Where the platform's software comes from."""
+
+    # nodesource: Node.js 20 as the deployment strategy installs it;
+    # debian: Debian 12's own Node.js 18 and npm.
+    nodejs: Literal["nodesource", "debian"] = "nodesource"
+    # upstream: RabbitMQ 3.12+ and Erlang from Team RabbitMQ's repositories;
+    # debian: Debian 12's RabbitMQ 3.10.
+    rabbitmq: Literal["upstream", "debian"] = "upstream"
+    # elastic: Elastic's repository; none: configure Elasticsearch but do not
+    # install it, where no package source is reachable.
+    elasticsearch: Literal["elastic", "none"] = "elastic"
+
+
 class Defaults(_Model):
     """Container settings that apply unless a container says otherwise."""
 
@@ -315,6 +329,7 @@ class Inventory(_Model):
     dns: DNS
     ssh: SSHSettings
     defaults: Defaults = Field(default_factory=Defaults)
+    packages: PackageSources = Field(default_factory=PackageSources)
     secrets: dict[str, SecretRef] = Field(default_factory=dict)
     postgresql: PostgresSettings = Field(default_factory=PostgresSettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)

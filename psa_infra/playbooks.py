@@ -37,7 +37,6 @@ class FileStep(_Model):
     group: str = "root"
     mode: str = Field(default="0644", pattern=r"^0[0-7]{3}$")
     secret: bool = False
-    when: str | None = None
 
 
 class DirectoryStep(_Model):
@@ -76,6 +75,9 @@ class Step(_Model):
     command: CommandStep | None = None
     service: ServiceStep | None = None
     notify: list[str] = Field(default_factory=list)
+    # A Jinja expression over the template context; the step applies to a
+    # container only when it is true, e.g. "'api-gateway' in services".
+    when: str | None = None
 
     @model_validator(mode="after")
     def _one_action(self) -> Step:

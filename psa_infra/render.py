@@ -23,7 +23,7 @@ import yaml
 
 from .errors import TemplateError
 from .inventory import Container, Inventory, LoadedInventory
-from .playbooks import FileStep, Playbook, Step, steps_for
+from .playbooks import Playbook, Step, steps_for
 from .secrets import Secret
 
 CREATE_TEMPLATE = "lxc/create.yml.j2"
@@ -180,6 +180,7 @@ class Renderer:
         return [
             (name, self._expand_step(step, context, name))
             for name, step in steps_for(dict(playbooks), container.role)
+            if self._wanted(step, context, name)
         ]
 
     def handlers(
@@ -203,7 +204,7 @@ class Renderer:
         context = self.context(container, reveal=reveal)
         rendered = []
         for playbook_name, step in self.steps(container, playbooks):
-            if step.file is None or not self._wanted(step.file, context, playbook_name):
+            if step.file is None:
                 continue
             rendered.append(
                 RenderedFile(
@@ -266,9 +267,7 @@ class Renderer:
             )
         return result
 
-    def _wanted(
-        self, step: FileStep, context: Mapping[str, Any], playbook: str
-    ) -> bool:
+    def _wanted(self, step: Step, context: Mapping[str, Any], playbook: str) -> bool:
         if step.when is None:
             return True
         try:
@@ -277,7 +276,7 @@ class Renderer:
             return bool(test(**context))
         except jinja2.TemplateError as exc:
             raise TemplateError(
-                f"playbooks/{playbook}.yml: file {step.dest}: bad 'when' "
+                f"playbooks/{playbook}.yml: step '{step.name}': bad 'when' "
                 f"expression {step.when!r}: {exc}"
             ) from None
 

@@ -340,7 +340,7 @@ def test_misspelt_when_is_an_error_not_a_skipped_file(tmp_path: Path) -> None:
     app = books / "app.yml"
     app.write_text(app.read_text().replace('in services"', 'in servces"'))
     loaded = load("mvp")
-    with pytest.raises(TemplateError, match="upstreams.json: bad 'when'.*servces"):
+    with pytest.raises(TemplateError, match="step 'gateway upstream map': bad 'when'.*servces"):
         renderer(loaded).files(loaded.inventory.find("psa-app"), load_playbooks(books))
 
 
