@@ -244,3 +244,49 @@ def test_failed_step_stops_the_host_with_a_clear_message(setup: dict[str, Any]) 
         "[psa-redis] step 'breaks': command failed with exit code 7: echo no disk"
     )
     assert "no disk" in report.error
+
+
+def test_verify_checks_what_the_steps_made(setup: dict[str, Any]) -> None:
+    from psa_infra.verify import FAIL, PASS, HostChecks
+
+    class StepChecksOnly(HostChecks):
+        """The checks derived from playbook steps, without the role's daemon."""
+
+        def _redis(self) -> Any:
+            return iter(())
+
+    site: Path = setup["site"]
+    _run(setup)
+
+    def verify() -> dict[str, tuple[str, str]]:
+        renderer = setup["renderer"]
+        with setup["connection"]() as connection:
+            checks = StepChecksOnly(
+                connection,
+                setup["container"],
+                renderer.inventory,
+                renderer,
+                setup["playbooks"],
+                renderer.secrets,
+            ).run()
+        return {c.name: (c.status, c.detail) for c in checks}
+
+    first = verify()
+    assert first == {
+        "package bash": (PASS, "installed"),
+        "package coreutils": (PASS, "installed"),
+        f"directory {site}/etc": (PASS, "root:root 0750"),
+        f"file {site}/etc/app.conf": (PASS, "root:root 0600, content as rendered"),
+        f"file {site}/etc/plain.conf": (PASS, "root:root 0644, content as rendered"),
+    }
+    (site / "etc/plain.conf").write_text("tampered\n")
+    (site / "etc/app.conf").chmod(0o640)
+    second = verify()
+    assert second[f"file {site}/etc/plain.conf"] == (
+        FAIL,
+        "content differs from the rendered template",
+    )
+    assert second[f"file {site}/etc/app.conf"] == (
+        FAIL,
+        "root:root 0640, want root:root 0600",
+    )
