@@ -26,7 +26,7 @@ from .errors import PlanConflictError, ProxmoxError, PsaInfraError
 from .inventory import LoadedInventory
 from .plan import Action, Plan
 from .proxmox import Client
-from .pveplan import Desired, Diff, Observed, diff, tag_set
+from .pveplan import Desired, Diff, Observed, diff, split_props, tag_set
 from .render import Renderer
 
 log = logging.getLogger(__name__)
@@ -161,7 +161,9 @@ def observe(
             if "bridge" in str(i.get("type", "")).lower()
         }
         template_storage = inventory.proxmox.template_storage
-        if template_storage in cluster.storages[node]:
+        store = cluster.storages[node].get(template_storage)
+        # An inactive storage cannot list its content; preflight reports it.
+        if store and store.get("enabled", 1) and store.get("active", 1):
             content = client.get(
                 f"/nodes/{node}/storage/{template_storage}/content",
                 {"content": "vztmpl"},
@@ -249,8 +251,6 @@ def preflight(
 
 
 def _bridge(want: Desired) -> str:
-    from .pveplan import split_props
-
     return split_props(want.params.get("net0"))[1].get("bridge", "")
 
 

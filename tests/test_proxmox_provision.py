@@ -288,6 +288,20 @@ def test_preflight_reports_every_problem_together(
     assert writes() == []
 
 
+def test_inactive_or_missing_storage_stops_preflight(
+    pve: Any, cli: Run, project_root: Path, writes: Writes
+) -> None:
+    pve.storages["local"]["active"] = 0
+    del pve.storages["local-lvm"]
+    result = provision(cli, project_root)
+    assert result.exit_code == 7
+    assert "storage local-lvm does not exist on node pve (storages: local)" in (
+        result.stderr
+    )
+    assert "storage local is not active on node pve" in result.stderr
+    assert writes() == []
+
+
 def test_missing_template_is_downloaded_when_the_inventory_says_from_where(
     pve: Any, cli: Run, pve_project: Path, writes: Writes
 ) -> None:
