@@ -66,26 +66,7 @@ def lxc_config(vmid: int, config: Mapping[str, Any], base: Path) -> str:
     ):
         lines += _net(vmid, index, key, split_props(config[key]))
 
-    memory = int(config.get("memory") or 512)
-    swap = int(config.get("swap") or 0)
-    cores = int(config.get("cores") or os.cpu_count() or 1)
-    if V1_MEMORY.is_dir():
-        lines.append(f"lxc.cgroup.memory.limit_in_bytes = {memory}M")
-        if (V1_MEMORY / "memory.memsw.limit_in_bytes").exists():
-            lines.append(f"lxc.cgroup.memory.memsw.limit_in_bytes = {memory + swap}M")
-        lines.append(f"lxc.cgroup.cpuset.cpus = {_cpuset(cores)}")
-    else:
-        lines.append(f"lxc.cgroup2.memory.max = {memory}M")
-        lines.append(f"lxc.cgroup2.memory.swap.max = {swap}M")
-        lines.append(f"lxc.cgroup2.cpuset.cpus = {_cpuset(cores)}")
-    if config.get("cpulimit"):
-        quota = int(float(config["cpulimit"]) * 100000)
-        key = "lxc.cgroup.cpu" if V1_MEMORY.is_dir() else "lxc.cgroup2.cpu"
-        lines.append(
-            f"{key}.cfs_quota_us = {quota}"
-            if V1_MEMORY.is_dir()
-            else f"{key}.max = {quota} 100000"
-        )
+    lines += [f"lxc.{key} = {value}" for key, value in limits(config)]
 
     if split_props(str(config.get("features") or "")).get("nesting") == "1":
         # What nesting=1 adds on PVE apart from its AppArmor profile.
@@ -94,6 +75,30 @@ def lxc_config(vmid: int, config: Mapping[str, Any], base: Path) -> str:
         )
         lines.append("lxc.mount.entry = sys dev/.lxc/sys sysfs create=dir,optional 0 0")
     return "\n".join(lines) + "\n"
+
+
+def limits(config: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Memory, swap and CPU limits as (LXC cgroup key, value), in applying order."""
+    memory = int(config.get("memory") or 512)
+    swap = int(config.get("swap") or 0)
+    cores = int(config.get("cores") or os.cpu_count() or 1)
+    found = []
+    if V1_MEMORY.is_dir():
+        found.append(("cgroup.memory.limit_in_bytes", f"{memory}M"))
+        if (V1_MEMORY / "memory.memsw.limit_in_bytes").exists():
+            found.append(("cgroup.memory.memsw.limit_in_bytes", f"{memory + swap}M"))
+        found.append(("cgroup.cpuset.cpus", _cpuset(cores)))
+        if config.get("cpulimit"):
+            quota = int(float(config["cpulimit"]) * 100000)
+            found.append(("cgroup.cpu.cfs_quota_us", str(quota)))
+    else:
+        found.append(("cgroup2.memory.max", f"{memory}M"))
+        found.append(("cgroup2.memory.swap.max", f"{swap}M"))
+        found.append(("cgroup2.cpuset.cpus", _cpuset(cores)))
+        if config.get("cpulimit"):
+            quota = int(float(config["cpulimit"]) * 100000)
+            found.append(("cgroup2.cpu.max", f"{quota} 100000"))
+    return found
 
 
 def _net(vmid: int, index: int, key: str, props: Mapping[str, str]) -> list[str]:
@@ -292,6 +297,18 @@ class Containers:
         """The process id of the container's init, or 0."""
         pid = run(["lxc-info", "-n", name_of(vmid), "-pH"], check=False).stdout.strip()
         return int(pid) if pid.isdigit() else 0
+
+    def set_limits(self, vmid: int, config: Mapping[str, Any]) -> None:
+        """Apply memory, swap and CPU limits to a running container, as PVE does."""
+        name = name_of(vmid)
+        wanted = [(key.split(".", 1)[1], value) for key, value in limits(config)]
+        # Memory and memory+swap must stay ordered: a failed step is retried last.
+        failed = []
+        for key, value in wanted:
+            if run(["lxc-cgroup", "-n", name, key, value], check=False).returncode:
+                failed.append((key, value))
+        for key, value in failed:
+            run(["lxc-cgroup", "-n", name, key, value])
 
     def shutdown(self, vmid: int, timeout: int, force: bool) -> bool:
         """Ask systemd to power off; kill after ``timeout`` s if ``force``."""

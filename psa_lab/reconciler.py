@@ -56,6 +56,19 @@ class LabPve(FakePve):  # type: ignore[misc]
     async def _lxc_resume(self, user: str, v: dict[str, Any]) -> Any:
         raise PveError(501, "resume is not available in the psa-infra lab")
 
+    async def _lxc_config_put(self, user: str, v: dict[str, Any]) -> Any:
+        result = await super()._lxc_config_put(user, v)
+        ct = self._here(v)
+        limits = ("memory", "swap", "cores", "cpulimit")
+        if ct is not None and ct.status == "running" and any(k in v for k in limits):
+            # A running container takes new limits at once on PVE; so does the lab's.
+            try:
+                await asyncio.to_thread(self.real.set_limits, ct.vmid, dict(ct.config))
+            except LabError as exc:
+                message = f"unable to apply limits to CT {ct.vmid}: {exc}"
+                raise PveError(500, message) from exc
+        return result
+
     async def task(
         self,
         node: str,

@@ -251,6 +251,12 @@ def test_api_containers_are_real_hosts(
 
         # The package registry is reachable through NAT.
         sh(client, "apt-get update -q")
+
+        # A running container takes a new memory size at once, as on PVE.
+        for mib in (2048, 20480):
+            api.nodes(NODE).lxc(app.vmid).config.put(memory=mib)
+            limit = sh(client, "cat /sys/fs/cgroup/memory/memory.limit_in_bytes")
+            assert int(limit) == mib * 1024 * 1024
     finally:
         client.close()
         db_client.close()
