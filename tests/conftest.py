@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,7 +121,9 @@ def pve(
 
 
 @pytest.fixture
-def api_responses(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, int]]:
+def api_responses(
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[list[tuple[str, str, int]]]:
     """Every (method, url, status) psa-infra's HTTP layer received.
 
     Fails the test if the API answered any request with 400: psa-infra must
@@ -138,7 +140,7 @@ def api_responses(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, int]]
         return response
 
     monkeypatch.setattr(requests.adapters.HTTPAdapter, "send", recording)
-    yield seen  # type: ignore[misc]
+    yield seen
     bad = [entry for entry in seen if entry[2] == 400]
     assert not bad, f"the API answered 400 to: {bad}"
 
