@@ -46,8 +46,12 @@ CANNOT = (
     "(nothing answers DNS on the lab's bridges)",
     "containers reach only the lab's hosts, the host's name servers and web ports "
     "(80, 443) of public addresses",
-    "disk sizes, storages, snapshots, clones, backups, HA, suspend and live migration "
-    "are API-only: nothing real follows them",
+    "disk sizes, storages, snapshots, clones, backups and HA are API-only (nothing "
+    "real follows them); suspend and resume are refused",
+    "migration between nodes moves a container in the API only: the lab is one "
+    "machine (a restart migration does restart the real container)",
+    "new host keys at every create: after lab down/up, remove the old keys from "
+    "the known_hosts file psa-infra uses (ssh-keygen -f FILE -R ADDRESS)",
 )
 
 
