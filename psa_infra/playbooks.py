@@ -45,7 +45,11 @@ class DirectoryStep(_Model):
     path: str = Field(pattern=_PATH)
     owner: str = "root"
     group: str = "root"
-    mode: str = Field(default="0755", pattern=r"^0[0-7]{3}$")
+    # Four octal digits; the first may set setgid, as packages do for
+    # /etc/elasticsearch (2750). ``install -m 0750`` keeps a setgid bit that
+    # is already there, so a step could not otherwise describe such a
+    # directory without reporting drift on every run.
+    mode: str = Field(default="0755", pattern=r"^[0-7]{4}$")
 
 
 class CommandStep(_Model):

@@ -1,4 +1,4 @@
-"""Rendered configs as the real programs read them: PostgreSQL 15, Redis, Node, bash.
+"""Rendered configs as the real programs read them: PostgreSQL, Redis, Node, bash, apt.
 
 The project's inventories are rendered with test secrets that need quoting
 everywhere, then handed to the program that reads each file on a container.
@@ -630,6 +630,58 @@ def test_elasticsearch_config_parses(rendered: Rendered) -> None:
     assert heap == ["-Xms8192m", "-Xmx8192m"]
     sysctl = rendered("mvp", host, "/etc/sysctl.d/99-elasticsearch.conf").read_text()
     assert "vm.max_map_count = 262144" in sysctl.splitlines()
+
+
+# --- apt: the package sources ---------------------------------------------------
+
+APT_FILES = [
+    ("psa-app", "nodesource", ["https://deb.nodesource.com/node_20.x/"]),
+    (
+        "psa-rabbitmq",
+        "rabbitmq",
+        [
+            "https://ppa1.rabbitmq.com/rabbitmq/rabbitmq-erlang/deb/debian/",
+            "https://ppa1.rabbitmq.com/rabbitmq/rabbitmq-server/deb/debian/",
+        ],
+    ),
+]
+
+
+@pytest.mark.parametrize(("host", "name", "repositories"), APT_FILES)
+def test_apt_reads_the_rendered_sources_and_preferences(
+    rendered: Rendered, tmp_path: Path, host: str, name: str, repositories: list[str]
+) -> None:
+    """apt parses the source list and pins offline; nothing is downloaded, since
+    these repositories are out of reach here."""
+    apt_get = _program("apt-get", "apt")
+    apt_cache = _program("apt-cache", "apt")
+    parts, preferences, lists = tmp_path / "parts", tmp_path / "prefs", tmp_path / "l"
+    for directory in (parts, preferences, lists / "partial"):
+        directory.mkdir(parents=True)
+    shutil.copy(rendered("mvp", host, f"/etc/apt/sources.list.d/{name}.list"), parts)
+    shutil.copy(
+        rendered("mvp", host, f"/etc/apt/preferences.d/{name}.pref"), preferences
+    )
+    options = [
+        f"-oDir::Etc::SourceList={os.devnull}",
+        f"-oDir::Etc::SourceParts={parts}",
+        f"-oDir::Etc::Preferences={os.devnull}",
+        f"-oDir::Etc::PreferencesParts={preferences}",
+        f"-oDir::State::Lists={lists}",
+        f"-oDir::Cache={tmp_path / 'cache'}",
+        f"-oDir::State::status={os.devnull}",
+    ]
+
+    uris = _run([apt_get, *options, "--print-uris", "update"])
+    assert (uris.returncode, uris.stderr) == (0, ""), uris.stderr
+    fetched = {
+        line.split("'")[1].rsplit("dists/", 1)[0] for line in uris.stdout.splitlines()
+    }
+    assert fetched == set(repositories)
+
+    # An unreadable pin is an error here, not a silently ignored preference.
+    policy = _run([apt_cache, *options, "policy"])
+    assert (policy.returncode, policy.stderr) == (0, ""), policy.stderr
 
 
 def test_a_missing_program_fails_and_names_its_package() -> None:

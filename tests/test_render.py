@@ -31,7 +31,7 @@ from render_support import (
 
 from psa_infra.errors import PlaybookError, TemplateError
 from psa_infra.inventory import LoadedInventory
-from psa_infra.playbooks import load_playbooks
+from psa_infra.playbooks import Step, describe, load_playbooks
 from psa_infra.render import Renderer, write_files
 from psa_infra.secrets import MASK, Secret
 
@@ -57,6 +57,16 @@ CASES = [
     ("mvp", "masked", "psa-app", f"{APP}/.env"),
     ("mvp", "masked", "psa-app", f"{APP}/config/upstreams.json"),
     ("mvp", "masked", "psa-app", "/usr/local/bin/backup-psa-app.sh"),
+    ("mvp", "masked", "psa-app", "/etc/apt/sources.list.d/nodesource.list"),
+    ("mvp", "masked", "psa-app", "/etc/apt/preferences.d/nodesource.pref"),
+    ("mvp", "masked", "psa-rabbitmq", "/etc/apt/sources.list.d/rabbitmq.list"),
+    ("mvp", "masked", "psa-rabbitmq", "/etc/apt/preferences.d/rabbitmq.pref"),
+    (
+        "mvp",
+        "masked",
+        "psa-elasticsearch",
+        "/etc/apt/sources.list.d/elastic-8.x.list",
+    ),
     ("mvp", "secrets", "psa-app", f"{APP}/.env"),
     ("mvp", "secrets", "psa-redis", "/etc/redis/redis.conf"),
     ("mvp", "secrets", "psa-db-master", f"{PG}/psa-bootstrap.sql"),
@@ -270,6 +280,275 @@ def test_every_installed_file_says_it_is_managed() -> None:
         assert "Managed by psa-infra" in head, f"{host}:{dest}"
 
 
+# --- package sources ----------------------------------------------------------
+
+
+def _with_sources(tmp_path: Path, **sources: str) -> LoadedInventory:
+    """The MVP inventory with a ``packages:`` section stating ``sources``."""
+    text = (ROOT / "inventory/mvp.yml").read_text()
+    block = "packages:\n" + "".join(f"  {k}: {v}\n" for k, v in sources.items())
+    assert text.count("\ndefaults:\n") == 1
+    return load_text(text.replace("\ndefaults:\n", f"\n{block}\ndefaults:\n"), tmp_path)
+
+
+def _role_steps(loaded: LoadedInventory, host: str) -> list[Step]:
+    books = playbooks()
+    container = loaded.inventory.find(host)
+    return [s for name, s in renderer(loaded).steps(container, books) if name != "base"]
+
+
+NODESOURCE_STEPS = [
+    "keyrings directory",
+    "NodeSource's signing key",
+    "NodeSource's package repository",
+    "NodeSource's nodejs preferred over Debian's",
+    "package lists with NodeSource's repository",
+    "node 20 from NodeSource",
+]
+UPSTREAM_STEPS = [
+    "keyrings directory",
+    "Team RabbitMQ's main signing key",
+    "signing key of Team RabbitMQ's Erlang repository",
+    "signing key of Team RabbitMQ's server repository",
+    "Team RabbitMQ's package repositories",
+    "Erlang and RabbitMQ preferred from Team RabbitMQ",
+    "package lists with Team RabbitMQ's repositories",
+]
+ELASTIC_STEPS = [
+    "apt transport packages",
+    "keyrings directory",
+    "Elastic's signing key",
+    "Elastic's package repository",
+    "package lists with Elastic's repository",
+    "elasticsearch package",
+    "elasticsearch service",
+]
+NODESOURCE_FILES = {
+    "/etc/apt/sources.list.d/nodesource.list",
+    "/etc/apt/preferences.d/nodesource.pref",
+}
+UPSTREAM_FILES = {
+    "/etc/apt/sources.list.d/rabbitmq.list",
+    "/etc/apt/preferences.d/rabbitmq.pref",
+}
+
+# (host, source setting, steps that depend on a source and apply, in order,
+#  packages installed by the role's playbook, apt files installed)
+SOURCE_CASES = [
+    (
+        "psa-app",
+        "nodejs=nodesource",
+        NODESOURCE_STEPS,
+        [["cron", "tar", "gzip"], ["nodejs"]],
+        NODESOURCE_FILES,
+    ),
+    (
+        "psa-app",
+        "nodejs=debian",
+        ["node 18 and npm from Debian"],
+        [["cron", "tar", "gzip"], ["nodejs", "npm"]],
+        set(),
+    ),
+    (
+        "psa-rabbitmq",
+        "rabbitmq=upstream",
+        UPSTREAM_STEPS,
+        [["rabbitmq-server"]],
+        UPSTREAM_FILES,
+    ),
+    ("psa-rabbitmq", "rabbitmq=debian", [], [["rabbitmq-server"]], set()),
+    (
+        "psa-elasticsearch",
+        "elasticsearch=elastic",
+        ELASTIC_STEPS,
+        [["apt-transport-https", "gnupg"], ["elasticsearch"]],
+        {"/etc/apt/sources.list.d/elastic-8.x.list"},
+    ),
+    (
+        "psa-elasticsearch",
+        "elasticsearch=none",
+        ["elasticsearch group"],
+        [],
+        set(),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("host", "setting", "sourced", "packages", "apt_files"), SOURCE_CASES
+)
+def test_steps_follow_the_package_source(
+    tmp_path: Path,
+    host: str,
+    setting: str,
+    sourced: list[str],
+    packages: list[list[str]],
+    apt_files: set[str],
+) -> None:
+    key, value = setting.split("=")
+    loaded = _with_sources(tmp_path, **{key: value})
+    steps = _role_steps(loaded, host)
+    books = playbooks()
+    role = loaded.inventory.find(host).role
+    sourcing = {s.name for s in books[role].steps if "packages" in (s.when or "")}
+    assert [s.name for s in steps if s.name in sourcing] == sourced
+    assert [s.packages for s in steps if s.packages is not None] == packages
+    dests = {f.dest for f in renderer(loaded).files(loaded.inventory.find(host), books)}
+    assert {d for d in dests if d.startswith("/etc/apt/")} == apt_files
+
+    # Every step, expanded, as a plan shows it: reviewed in the expected file.
+    listing = "".join(f"{s.name}: {describe(s)}\n" for s in steps)
+    _compare(CASES_DIR / "sources" / f"{host}.{key}-{value}.txt", listing)
+
+
+@pytest.mark.parametrize(
+    ("host", "setting"),
+    [
+        ("psa-app", "nodejs=nodesource"),
+        ("psa-rabbitmq", "rabbitmq=upstream"),
+        ("psa-elasticsearch", "elasticsearch=elastic"),
+    ],
+)
+def test_default_sources_are_the_upstream_ones(
+    tmp_path: Path, host: str, setting: str
+) -> None:
+    key, value = setting.split("=")
+    stated = _role_steps(_with_sources(tmp_path, **{key: value}), host)
+    assert _role_steps(load("mvp"), host) == stated
+
+
+@pytest.mark.parametrize(
+    ("host", "setting", "ordered"),
+    [
+        (
+            "psa-app",
+            "nodejs=nodesource",
+            [
+                "NodeSource's package repository",
+                "NodeSource's nodejs preferred over Debian's",
+                "package lists with NodeSource's repository",
+                "node 20 from NodeSource",
+                "pm2, installed globally",
+            ],
+        ),
+        (
+            "psa-rabbitmq",
+            "rabbitmq=upstream",
+            [
+                "Team RabbitMQ's package repositories",
+                "Erlang and RabbitMQ preferred from Team RabbitMQ",
+                "package lists with Team RabbitMQ's repositories",
+                "rabbitmq packages",
+                "broker configuration",
+            ],
+        ),
+        (
+            "psa-elasticsearch",
+            "elasticsearch=none",
+            [
+                "elasticsearch group",
+                "configuration directory",
+                "JVM options directory",
+                "node configuration",
+                "JVM heap size",
+            ],
+        ),
+    ],
+)
+def test_sources_are_set_up_before_what_needs_them(
+    tmp_path: Path, host: str, setting: str, ordered: list[str]
+) -> None:
+    key, value = setting.split("=")
+    names = [s.name for s in _role_steps(_with_sources(tmp_path, **{key: value}), host)]
+    assert sorted(ordered, key=names.index) == ordered
+
+
+@pytest.mark.parametrize(
+    ("host", "list_file"),
+    [
+        ("psa-app", "/etc/apt/sources.list.d/nodesource.list"),
+        ("psa-rabbitmq", "/etc/apt/sources.list.d/rabbitmq.list"),
+        ("psa-elasticsearch", "/etc/apt/sources.list.d/elastic-8.x.list"),
+    ],
+)
+def test_each_repository_is_signed_by_a_key_a_step_fetches(
+    host: str, list_file: str
+) -> None:
+    loaded = load("mvp")
+    steps = _role_steps(loaded, host)
+    fetched = {s.command.creates for s in steps if s.command and s.command.creates}
+    content = render_all(loaded, reveal=False)[host, list_file].content
+    entries = [line for line in content.splitlines() if line.startswith("deb ")]
+    assert entries
+    for entry in entries:
+        found = re.search(r"signed-by=([^ \]]+)", entry)
+        assert found is not None and found.group(1) in fetched, entry
+        # The refresh's guard looks for the repository it refreshes.
+        site = entry.split()[-3].removeprefix("https://").split("/")
+        update = next(s for s in steps if s.name.startswith("package lists with"))
+        assert update.command is not None and update.command.unless is not None
+        assert site[0] in update.command.unless, entry
+
+
+def test_elasticsearch_without_a_package_source(tmp_path: Path) -> None:
+    none = _with_sources(tmp_path, elasticsearch="none")
+    steps = {s.name: s for s in _role_steps(none, "psa-elasticsearch")}
+    assert not any(s.service for s in steps.values())
+    assert not any("elastic.co" in describe(s) for s in steps.values())
+    group = steps["elasticsearch group"].command
+    assert group is not None
+    assert (group.run, group.unless) == (
+        "groupadd --system elasticsearch",
+        "getent group elasticsearch",
+    )
+    for name in ("configuration directory", "JVM options directory"):
+        directory = steps[name].directory
+        assert directory is not None
+        assert (directory.owner, directory.group, directory.mode) == (
+            "root",
+            "elasticsearch",
+            "2750",
+        )
+
+    # The node's files are the same as with Elastic's package.
+    books = playbooks()
+    with_package = render_all(load("mvp"), reveal=False)
+    host = none.inventory.find("psa-elasticsearch")
+    for rendered in renderer(none, real=False).files(host, books):
+        assert with_package["psa-elasticsearch", rendered.dest] == rendered
+
+    # Their handler must not fail where there is no service to restart.
+    handler = renderer(none).handlers(host, books)["restart elasticsearch"]
+    assert handler.command is not None
+    assert handler.command.run == (
+        "if systemctl cat elasticsearch.service >/dev/null 2>&1; "
+        "then systemctl restart elasticsearch.service; fi"
+    )
+
+
+def test_a_failed_key_download_leaves_no_key_behind(tmp_path: Path) -> None:
+    # gpg writes an empty file before it sees there is no key; that file
+    # would satisfy 'creates' on every later run.
+    for name in ("app", "rabbitmq", "elasticsearch"):
+        for step in playbooks()[name].steps:
+            command = step.command
+            if command is None or "gpg --dearmor" not in command.run:
+                continue
+            assert command.creates is not None
+            key = tmp_path / name / command.creates.lstrip("/")
+            run = command.run.replace(command.creates, str(key))
+            url = re.search(r"https://\S+", run)
+            assert url is not None
+            key.parent.mkdir(parents=True, exist_ok=True)
+            failed = subprocess.run(
+                ["bash", "-c", run.replace(url.group(0), "file:///nonexistent")],
+                capture_output=True,
+                check=False,
+            )
+            assert failed.returncode != 0, step.name
+            assert not key.exists(), step.name
+
+
 # --- template errors --------------------------------------------------------
 
 
@@ -340,7 +619,9 @@ def test_misspelt_when_is_an_error_not_a_skipped_file(tmp_path: Path) -> None:
     app = books / "app.yml"
     app.write_text(app.read_text().replace('in services"', 'in servces"'))
     loaded = load("mvp")
-    with pytest.raises(TemplateError, match="step 'gateway upstream map': bad 'when'.*servces"):
+    with pytest.raises(
+        TemplateError, match="step 'gateway upstream map': bad 'when'.*servces"
+    ):
         renderer(loaded).files(loaded.inventory.find("psa-app"), load_playbooks(books))
 
 
