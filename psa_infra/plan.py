@@ -200,10 +200,16 @@ def offline_plan(
     for container in ordered:
         plan.actions.extend(setup_actions(container, renderer, playbooks))
     if inventory.by_role("elasticsearch"):
-        plan.notes.append(
-            "Elasticsearch is installed from Elastic's package repository, which must "
-            "be reachable from its container"
-        )
+        if inventory.packages.elasticsearch == "elastic":
+            plan.notes.append(
+                "Elasticsearch is installed from Elastic's package repository, which "
+                "must be reachable from its container"
+            )
+        else:
+            plan.notes.append(
+                "Elasticsearch is configured but not installed or started: "
+                "packages.elasticsearch is 'none'"
+            )
     return plan
 
 

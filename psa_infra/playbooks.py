@@ -113,6 +113,17 @@ class Playbook(_Model):
     handlers: dict[str, Step] = Field(default_factory=dict)
 
     @model_validator(mode="after")
+    def _handlers_have_no_condition(self) -> Playbook:
+        for name, handler in self.handlers.items():
+            if handler.when is not None:
+                raise ValueError(
+                    f"handler '{name}' has 'when': a handler runs exactly when a "
+                    "step notifies it; put the condition on the notifying step or "
+                    "guard the handler's command"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _notified_handlers_exist(self) -> Playbook:
         for step in self.steps:
             for handler in step.notify:
