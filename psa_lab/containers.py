@@ -163,10 +163,6 @@ class Containers:
         """Where the root filesystem is mounted while the lab writes into it."""
         return self.folder(vmid) / "rootfs"
 
-    def delta(self, vmid: int) -> Path:
-        """The container's own files: the upper layer over the template."""
-        return self.folder(vmid) / "delta"
-
     def exists(self, vmid: int) -> bool:
         return (self.folder(vmid) / "config").exists()
 
@@ -334,11 +330,7 @@ class Containers:
         self.state.drop_container(name_of(vmid))
         self._write_known_hosts()
 
-    # ------------------------------------------------------------ access
-
-    def attach(self, vmid: int, *command: str) -> str:
-        """Run a command inside the container (as ``pct exec``); return stdout."""
-        return run(["lxc-attach", "-n", name_of(vmid), "--", *command]).stdout
+    # ------------------------------------------------------- host keys
 
     def _note_host_keys(self, vmid: int, rootfs: Path, address: str) -> None:
         """Record the container's SSH host keys at its address in known_hosts."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import secrets
 import shlex
+import shutil
 import signal
 import ssl
 import subprocess
@@ -25,7 +26,6 @@ from pathlib import Path
 from psa_infra.inventory import LoadedInventory
 
 from . import host
-from .containers import name_of
 from .containers import remove as remove_container
 from .errors import LabError
 from .host import say
@@ -257,8 +257,6 @@ def _stop_server(pid: int) -> None:
 
 
 def _remove_tree(folder: Path) -> None:
-    import shutil
-
     shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -294,8 +292,3 @@ def env_lines(state: LabState) -> list[str]:
         "PROXMOX_CA_FILE": str(state.ca_file.resolve()),
     }
     return [f"export {key}={shlex.quote(value)}" for key, value in values.items()]
-
-
-def container_name(vmid: int) -> str:
-    """The real container's name for a vmid (for lxc-attach and friends)."""
-    return name_of(vmid)
