@@ -26,9 +26,7 @@ if TYPE_CHECKING:
     from .inventory import LoadedInventory
     from .plan import Plan
     from .project import Project
-    from .provision import Outcome
     from .proxmox import Client
-    from .pveplan import Diff
 
 log = logging.getLogger("psa_infra")
 
@@ -53,6 +51,7 @@ class Options:
     root: Path | None = None
     verbose: int = 0
     debug: bool = False
+    overrides: tuple[str, ...] = ()
 
 
 class Format(StrEnum):
@@ -112,8 +111,19 @@ def _main(
         bool,
         typer.Option("--debug", help="Show API calls and commands, and library logs."),
     ] = False,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Override an inventory value, e.g. --set packages.nodejs=debian; "
+            "repeatable. PSA_INFRA_SET holds more, separated by ';'.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    ctx.obj = Options(root=root, verbose=verbose, debug=debug)
+    ctx.obj = Options(
+        root=root, verbose=verbose, debug=debug, overrides=tuple(overrides or ())
+    )
     _setup_logging(ctx.obj)
 
 
@@ -121,15 +131,24 @@ def project_of(ctx: typer.Context) -> Project:
     """The project the command works on."""
     from .project import find_project
 
-    return find_project(_options(ctx).root)
+    options = _options(ctx)
+    return find_project(options.root, overrides=options.overrides)
 
 
 def load(project: Project, given: Path | None) -> LoadedInventory:
     """Load and check one inventory, printing its warnings to stderr."""
+    import os
+
     from .inventory import load_inventory
 
     path = project.inventory_path(given)
-    loaded = load_inventory(path, project.shown(path), project.root)
+    overrides = [
+        (item, "PSA_INFRA_SET")
+        for item in os.environ.get("PSA_INFRA_SET", "").split(";")
+        if item.strip()
+    ]
+    overrides += [(item, "--set") for item in project.overrides]
+    loaded = load_inventory(path, project.shown(path), project.root, overrides)
     for warning in loaded.warnings:
         print(f"psa-infra: warning: {warning}", file=sys.stderr)
     return loaded
@@ -423,205 +442,6 @@ def live_plan(ctx: typer.Context, inventory: Path | None) -> Plan:
     return make_plan(loaded, str(loaded.path), result, problems)
 
 
-@app.command()
-def provision(
-    ctx: typer.Context,
-    inventory: InventoryArg = None,
-    containers_only: Annotated[
-        bool,
-        typer.Option(
-            "--containers-only",
-            help="Create, update and move the containers only (required for now).",
-        ),
-    ] = False,
-    only: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--only", help="Only this container (hostname or vmid); repeatable."
-        ),
-    ] = None,
-    replace: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--replace",
-            help="Allow destroying and creating this container again when it cannot "
-            "change in place (its data is lost); repeatable.",
-        ),
-    ] = None,
-    yes: Annotated[
-        bool, typer.Option("--yes", "-y", help="Apply without asking for confirmation.")
-    ] = False,
-    parallel: Annotated[
-        int,
-        typer.Option("--parallel", min=1, max=32, help="Containers worked on at once."),
-    ] = 4,
-    task_timeout: Annotated[
-        float,
-        typer.Option("--task-timeout", min=1, help="Seconds to wait per PVE task."),
-    ] = 600.0,
-    ca_file: Annotated[
-        Path | None,
-        typer.Option(
-            "--ca-file",
-            envvar="PROXMOX_CA_FILE",
-            help="CA certificate (PEM) that signed the Proxmox API's certificate.",
-            show_default=False,
-        ),
-    ] = None,
-    insecure: Annotated[
-        bool,
-        typer.Option("--insecure", help="Do not verify the API's TLS certificate."),
-    ] = False,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print results as JSON.")
-    ] = False,
-) -> None:
-    """Create, update and move the inventory's containers through the Proxmox API.
-
-    Reads the cluster, checks it (nodes online, storage, template, bridges,
-    vmids) and stops before any change if something is wrong. Then creates
-    missing containers and starts them, changes in place what PVE can change
-    (memory, cores, swap, onboot, tags, description, DNS, network, a larger
-    disk) and moves containers whose node changed. A change PVE cannot make
-    in place (template, storage, a smaller disk) needs --replace NAME. A
-    converged cluster is left untouched. Connection: PROXMOX_URL, and
-    PROXMOX_TOKEN_ID with PROXMOX_TOKEN_SECRET (or PROXMOX_USER and
-    PROXMOX_PASSWORD). Only --containers-only exists in this version:
-    in-guest setup comes later.
-
-    Example: psa-infra provision --containers-only --yes inventory/mvp.yml
-    """
-    import json
-
-    from .output import plan_text, table
-    from .provision import check_ready, read_plan
-    from .provision import live_plan as make_plan
-    from .render import Renderer
-    from .secrets import masked_secrets
-
-    if not containers_only:
-        raise PsaInfraError(
-            "only 'provision --containers-only' is available in this version; "
-            "in-guest setup (packages, configs, services) is not implemented yet",
-            hint="run psa-infra provision --containers-only",
-        )
-    project = project_of(ctx)
-    loaded = load(project, inventory)
-    public_key = _public_key(loaded)
-    if public_key is None:
-        print(
-            f"psa-infra: warning: SSH public key {loaded.inventory.ssh.public_key} "
-            "cannot be read; new containers get no authorized key",
-            file=sys.stderr,
-        )
-    renderer = Renderer(project.templates, loaded, masked_secrets(loaded), public_key)
-    client = _client(ca_file, insecure)
-    try:
-        _, _, result, problems, downloads = read_plan(
-            client, loaded, renderer, only or (), replace or (), parallel
-        )
-        check_ready(problems)
-        live = make_plan(loaded, str(loaded.path), result, [])
-        if not live.has_changes:
-            outcomes = []
-        else:
-            if not yes:
-                if not sys.stdin.isatty():
-                    raise PsaInfraError(
-                        "provision changes the cluster and needs confirmation, but "
-                        "there is no terminal to ask on",
-                        hint="review 'psa-infra plan', then re-run with --yes",
-                    )
-                plan_text(live, stdout_console())
-                if not typer.confirm("Apply these changes?", default=False):
-                    raise PsaInfraError("nothing was changed: not confirmed")
-            outcomes = _apply(client, loaded, result, downloads, parallel, task_timeout)
-    finally:
-        client.close()
-    unmanaged = [a for a in result.actions if a.kind == "unmanaged"]
-    failed = [o for o in outcomes if o.result == "failed"]
-    if as_json:
-        print(
-            json.dumps(
-                {
-                    "changes": bool(outcomes),
-                    "results": [o.as_json() for o in outcomes],
-                    "unmanaged": [a.as_json() for a in unmanaged],
-                },
-                indent=2,
-            )
-        )
-    elif outcomes:
-        table(
-            stdout_console(),
-            "Containers",
-            ("vmid", "host", "node", "result", "seconds"),
-            [(o.vmid, o.host, o.node, o.result, f"{o.seconds:.1f}") for o in outcomes],
-        )
-    else:
-        print("No changes: the containers match the inventory.")
-    for action in unmanaged:
-        print(f"psa-infra: note: {action.host}: {action.summary}", file=sys.stderr)
-    for outcome in outcomes:
-        for warning in outcome.warnings:
-            print(f"psa-infra: warning: [{outcome.host}] {warning}", file=sys.stderr)
-    if failed:
-        from .errors import ProxmoxError
-
-        raise ProxmoxError(
-            f"{len(failed)} of {len(outcomes)} containers failed: "
-            + "; ".join(f"{o.host}: {o.error}" for o in failed),
-            hint="fix the cause and run provision again; finished containers are kept",
-        )
-
-
-def _apply(
-    client: Client,
-    loaded: LoadedInventory,
-    result: Diff,
-    downloads: list[str],
-    parallel: int,
-    task_timeout: float,
-) -> list[Outcome]:
-    """Apply a diff with a progress display on a terminal's stderr."""
-    from rich.console import Console
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    from .provision import Applier
-
-    err = Console(stderr=True)
-    if not err.is_terminal:
-        applier = Applier(
-            client,
-            loaded,
-            task_timeout,
-            lambda host, text: log.info("[%s] %s", host, text),
-        )
-        applier.download_templates(downloads)
-        return applier.run(result, parallel)
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("{task.fields[host]:<20}"),
-        TextColumn("{task.description}"),
-        TimeElapsedColumn(),
-        console=err,
-    ) as progress:
-        rows = {
-            host: progress.add_task("waiting", host=host)
-            for host in dict.fromkeys(
-                a.host for a in result.actions if a.kind != "unmanaged"
-            )
-        }
-
-        def step(host: str, text: str) -> None:
-            if host in rows:
-                progress.update(rows[host], description=text)
-
-        applier = Applier(client, loaded, task_timeout, step)
-        applier.download_templates(downloads)
-        return applier.run(result, parallel)
-
-
 def show_plan(result: object, output_format: Format) -> None:
     """Print a plan to stdout in the chosen format."""
     from .output import plan_json, plan_markdown, plan_text
@@ -663,6 +483,9 @@ def _crash(exc: BaseException) -> int:
     )
     return ExitCode.ERROR
 
+
+# Commands that change the cluster and the hosts register themselves on `app`.
+from . import cli_hosts  # noqa: E402,F401
 
 # The local lab is a separate package (psa_lab); without it the core CLI still works.
 try:

@@ -14,6 +14,8 @@ message and hint and exits with its code, never a traceback::
     ├── PlanConflictError         exit 7   the cluster cannot take the inventory
     └── MigrationError            exit 8   a service migration stopped
 
+The optional lab (``psa_lab``) adds LabError, exit 9.
+
 Exit code 2 is reserved for "changes present" under ``--detailed-exitcode``
 and for command-line usage errors, as Terraform and Click use it.
 """
@@ -35,6 +37,7 @@ class ExitCode(IntEnum):
     SSH = 6
     CONFLICT = 7
     MIGRATION = 8
+    LAB = 9
     INTERRUPTED = 130
 
 

@@ -12,6 +12,7 @@ import difflib
 import ipaddress
 import re
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -468,16 +469,22 @@ def parse_inventory(document: Document) -> Inventory:
 
 
 def load_inventory(
-    path: Path, display: Path | None = None, root: Path | None = None
+    path: Path,
+    display: Path | None = None,
+    root: Path | None = None,
+    overrides: Sequence[tuple[str, str]] = (),
 ) -> LoadedInventory:
     """Read, parse and check an inventory file.
 
     ``display`` is how the file is named in messages; ``root`` is the
-    project root, inside which no secret file may live.
+    project root, inside which no secret file may live; ``overrides`` are
+    (``key=value``, where it was given) pairs applied before validation.
     """
     from .checks import check_inventory
 
     document = load_yaml(path, display)
+    for assignment, source in overrides:
+        document.override(assignment, source)
     loaded = LoadedInventory(parse_inventory(document), document)
     check_inventory(loaded, root)
     return loaded

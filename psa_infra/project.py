@@ -21,6 +21,14 @@ class Project:
     """The folders of one psa-infra project."""
 
     root: Path
+    # KEY=VALUE assignments over every inventory loaded (--set).
+    overrides: tuple[str, ...] = ()
+
+    @property
+    def known_hosts(self) -> Path:
+        """The SSH host keys psa-infra has recorded (PSA_INFRA_KNOWN_HOSTS)."""
+        given = os.environ.get("PSA_INFRA_KNOWN_HOSTS")
+        return Path(given) if given else self.state / "known_hosts"
 
     @property
     def inventory_dir(self) -> Path:
@@ -62,7 +70,11 @@ class Project:
         )
 
 
-def find_project(root: Path | None = None, start: Path | None = None) -> Project:
+def find_project(
+    root: Path | None = None,
+    start: Path | None = None,
+    overrides: tuple[str, ...] = (),
+) -> Project:
     """Locate the project root; raise a clear error when there is none."""
     if root is None and os.environ.get("PSA_INFRA_ROOT"):
         root = Path(os.environ["PSA_INFRA_ROOT"])
@@ -73,11 +85,11 @@ def find_project(root: Path | None = None, start: Path | None = None) -> Project
                 hint="pass the folder that holds inventory/ with --root "
                 "or PSA_INFRA_ROOT",
             )
-        return Project(root)
+        return Project(root, overrides)
     here = (start or Path.cwd()).resolve()
     for folder in (here, *here.parents):
         if (folder / "inventory").is_dir():
-            return Project(folder)
+            return Project(folder, overrides)
     raise PsaInfraError(
         f"no psa-infra project at or above {here} (no inventory/ folder found)",
         hint="run from inside the project, or pass --root DIR / set PSA_INFRA_ROOT",

@@ -203,7 +203,7 @@ class Renderer:
         """Render every file the playbooks install on ``container``."""
         context = self.context(container, reveal=reveal)
         rendered = []
-        for playbook_name, step in self.steps(container, playbooks):
+        for _, step in self.steps(container, playbooks):
             if step.file is None:
                 continue
             rendered.append(

@@ -26,6 +26,8 @@ class Document:
     path: Path
     data: Any
     lines: dict[Loc, int] = field(default_factory=dict)
+    # Paths set by an override (``--set``), and how each was given.
+    overrides: dict[Loc, str] = field(default_factory=dict)
 
     def line(self, loc: Loc) -> int | None:
         """Return the line of ``loc``, or of its nearest enclosing path."""
@@ -37,9 +39,47 @@ class Document:
         return self.lines.get(())
 
     def where(self, loc: Loc) -> str:
-        """Return ``file line N`` for ``loc``."""
+        """Return ``file line N`` for ``loc``, or the override that set it."""
+        loc = tuple(loc)
+        for length in range(len(loc), 0, -1):
+            given = self.overrides.get(loc[:length])
+            if given is not None:
+                return f"{self.path} ({given})"
         line = self.line(loc)
         return f"{self.path}" + (f" line {line}" if line else "")
+
+    def override(self, assignment: str, source: str) -> None:
+        """Apply ``dotted.key=value`` over the document's data.
+
+        The value is read as YAML (``4G``, ``true``, ``[a, b]``); the key must
+        name mapping keys only. ``source`` says where the assignment came from.
+        """
+        key, sep, text = assignment.partition("=")
+        parts = tuple(key.strip().split("."))
+        if not sep or not all(parts):
+            raise InventoryError(
+                f"{source}: '{assignment}' is not KEY=VALUE",
+                hint="for example --set packages.nodejs=debian",
+            )
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            value = text
+        if not isinstance(self.data, dict):
+            self.data = {}
+        node = self.data
+        for depth, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                shown = ".".join(parts[: depth + 1])
+                raise InventoryError(
+                    f"{source}: cannot set '{key}': {shown} is not a mapping"
+                )
+            node = child
+        node[parts[-1]] = value
+        self.overrides[parts] = f"{source} {key}={text}"
 
 
 def format_loc(loc: Loc) -> str:

@@ -9,13 +9,10 @@ the ``psa-infra`` command prints them as one line with a hint::
 
 from __future__ import annotations
 
-from psa_infra.errors import PsaInfraError
-
-LAB_EXIT_CODE = 9
+from psa_infra.errors import ExitCode, PsaInfraError
 
 
 class LabError(PsaInfraError):
     """The lab cannot be brought up, used or taken down."""
 
-    # ExitCode has no lab member: the lab is an optional extra.
-    exit_code = LAB_EXIT_CODE  # type: ignore[assignment]
+    exit_code = ExitCode.LAB

@@ -245,6 +245,20 @@ def remove_chain(table: str, chain: str) -> None:
         run(["iptables", "-t", table, "-X", chain])
 
 
+MAX_MAP_COUNT = Path("/proc/sys/vm/max_map_count")
+# Elasticsearch needs at least this many memory map areas; on Proxmox it is a
+# node setting containers cannot change, so the lab sets it on its host.
+ELASTICSEARCH_MAP_COUNT = 262144
+
+
+def read_max_map_count() -> str:
+    return MAX_MAP_COUNT.read_text(encoding="utf-8").strip()
+
+
+def write_max_map_count(value: str) -> None:
+    MAX_MAP_COUNT.write_text(value + "\n", encoding="utf-8")
+
+
 def read_ip_forward() -> str:
     return IP_FORWARD.read_text(encoding="utf-8").strip()
 

@@ -132,7 +132,14 @@ def up(state: LabState, loaded: LoadedInventory) -> Record:
     host.write_ip_forward("1")
     say(f"NAT for {', '.join(subnets)} (web ports and DNS only)")
 
+    if int(host.read_max_map_count()) < host.ELASTICSEARCH_MAP_COUNT:
+        record.max_map_count_before = host.read_max_map_count()
+        state.save(record)
+        host.write_max_map_count(str(host.ELASTICSEARCH_MAP_COUNT))
+        say(f"vm.max_map_count {host.ELASTICSEARCH_MAP_COUNT} for Elasticsearch")
+
     _make_secrets(state)
+    _make_app_secrets(state, loaded)
     _start_server(state)
     record.started = True
     state.save(record)
@@ -155,6 +162,15 @@ def _make_secrets(state: LabState) -> None:
         key.chmod(0o600)
     state.containers_dir.mkdir(parents=True, exist_ok=True)
     state.known_hosts.touch()
+
+
+def _make_app_secrets(state: LabState, loaded: LoadedInventory) -> None:
+    """Generate a value for each secret the inventory reads from the environment."""
+    state.secrets_dir.mkdir(parents=True, exist_ok=True)
+    state.secrets_dir.chmod(0o700)
+    for ref in loaded.inventory.secrets.values():
+        if ref.env is not None and not (state.secrets_dir / ref.env).exists():
+            write_private(state.secrets_dir / ref.env, secrets.token_urlsafe(24))
 
 
 def _start_server(state: LabState) -> None:
@@ -239,10 +255,18 @@ def down(state: LabState) -> list[str]:
     if record.ip_forward_before is not None:
         host.write_ip_forward(record.ip_forward_before)
         removed.append(f"ip_forward restored to {record.ip_forward_before}")
+    if record.max_map_count_before is not None:
+        host.write_max_map_count(record.max_map_count_before)
+        removed.append(f"vm.max_map_count restored to {record.max_map_count_before}")
 
     for path in (state.token_file, state.known_hosts, state.logfile, state.record_file):
         path.unlink(missing_ok=True)
-    for folder in (state.pki, state.ssh_key.parent, state.containers_dir):
+    for folder in (
+        state.pki,
+        state.ssh_key.parent,
+        state.containers_dir,
+        state.secrets_dir,
+    ):
         _remove_tree(folder)
     return removed
 
@@ -280,15 +304,43 @@ def status(state: LabState) -> Status:
     )
 
 
+LAB_SSH_USER = "root"
+LAB_PACKAGE_SOURCES = (
+    "packages.nodejs=debian",
+    "packages.rabbitmq=debian",
+    "packages.elasticsearch=none",
+)
+
+
 def env_lines(state: LabState) -> list[str]:
     """The ``export`` lines that point psa-infra at the lab."""
     record = state.load()
     if not (state.exists() and record.started):
         raise LabError("the lab is not up", hint="run: psa-infra lab up")
+    state.token()  # fails clearly when the lab has no token
+    key = state.ssh_key.resolve()
     values = {
         "PROXMOX_URL": f"https://{record.host}:{record.port}",
         "PROXMOX_TOKEN_ID": TOKEN_ID,
-        "PROXMOX_TOKEN_SECRET": state.token(),
         "PROXMOX_CA_FILE": str(state.ca_file.resolve()),
+        "PSA_INFRA_KNOWN_HOSTS": str(state.known_hosts.resolve()),
+        # The lab's SSH key, and the package sources reachable from the lab.
+        "PSA_INFRA_SET": ";".join(
+            [
+                f"ssh.private_key={key}",
+                f"ssh.public_key={key}.pub",
+                f"ssh.user={LAB_SSH_USER}",
+                *LAB_PACKAGE_SOURCES,
+            ]
+        ),
     }
-    return [f"export {key}={shlex.quote(value)}" for key, value in values.items()]
+    lines = [f"export {name}={shlex.quote(value)}" for name, value in values.items()]
+    # Secret values stay in their 0600 files; the lines only read them.
+    secret_files = {"PROXMOX_TOKEN_SECRET": state.token_file}
+    if state.secrets_dir.is_dir():
+        secret_files |= {p.name: p for p in sorted(state.secrets_dir.iterdir())}
+    lines += [
+        f'export {name}="$(cat {shlex.quote(str(path.resolve()))})"'
+        for name, path in secret_files.items()
+    ]
+    return lines

@@ -11,6 +11,8 @@ created, so ``lab down`` removes exactly that, by name, even after a crash::
       server.log            the API server's log
       pki/                  the lab's CA and the server certificate (keys 0600)
       token                 the API token secret (0600)
+      secrets/VARIABLE      generated values of the inventory's secrets that
+                            are read from environment variables (0600)
       ssh/id_ed25519        the lab's SSH key pair (private key 0600)
       known_hosts           the SSH host keys the lab generated per container
       cache/                the Debian 12 template, packed and unpacked; kept
@@ -49,6 +51,7 @@ class Record:
     # (table, chain, rule...) of rules the lab put into chains it does not own
     rules: list[list[str]] = field(default_factory=list)
     ip_forward_before: str | None = None
+    max_map_count_before: str | None = None
     started: bool = False
 
 
@@ -87,6 +90,10 @@ class LabState:
     @property
     def token_file(self) -> Path:
         return self.root / "token"
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.root / "secrets"
 
     @property
     def ssh_key(self) -> Path:

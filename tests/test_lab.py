@@ -12,7 +12,6 @@ a machine at a time.
 from __future__ import annotations
 
 import os
-import shlex
 import subprocess
 import sys
 import time
@@ -95,10 +94,18 @@ def lab(ip_forward_before: str) -> Iterator[dict[str, str]]:
         print(f"lab up in {time.monotonic() - began:.1f} s\n{up.stdout}{up.stderr}")
         assert "cannot: Elasticsearch" in up.stderr
         exported = psa_infra("lab", "env").stdout
-        settings = {}
-        for line in exported.splitlines():
-            key, _, value = line.removeprefix("export ").partition("=")
-            settings[key] = shlex.split(value)[0]
+        assert 'PROXMOX_TOKEN_SECRET="$(cat ' in exported, "secrets stay in files"
+        shell = subprocess.run(
+            ["bash", "-c", exported + "\nenv"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        settings = dict(
+            line.partition("=")[::2]
+            for line in shell.stdout.splitlines()
+            if "=" in line
+        )
         yield settings
     finally:
         psa_infra("lab", "down", check=False)

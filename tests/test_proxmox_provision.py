@@ -414,15 +414,22 @@ def test_only_limits_the_containers(
 # ------------------------------------------------------------ CLI error paths
 
 
-def test_provision_without_containers_only_says_what_exists(
-    cli: Run, project_root: Path
+def test_full_provision_reads_secrets_before_any_request(
+    pve: Any,
+    cli: Run,
+    project_root: Path,
+    writes: Writes,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.delenv("PSA_REDIS_PASSWORD", raising=False)
+    monkeypatch.setenv("PSA_POSTGRES_PASSWORD", "x")
     result = cli("--root", str(project_root), "provision", "--yes")
-    assert result.exit_code == 1
+    assert result.exit_code == 3
     assert result.stderr.startswith(
-        "psa-infra: error: only 'provision --containers-only' is available"
+        "psa-infra: error: inventory/mvp.yml line 43: secret 'redis_password' needs "
+        "environment variable PSA_REDIS_PASSWORD"
     )
-    assert "hint: run psa-infra provision --containers-only" in result.stderr
+    assert writes() == []
 
 
 def test_provision_needs_confirmation_on_a_terminal(
