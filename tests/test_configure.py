@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from sshd_support import Server, server
 
-from psa_infra.configure import CHANGED, FAILED, OK, SKIPPED, HostRun
+from psa_infra.configure import CHANGED, FAILED, OK, HostRun
 from psa_infra.inventory import load_inventory
 from psa_infra.playbooks import Playbook
 from psa_infra.render import Renderer
