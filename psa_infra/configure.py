@@ -30,6 +30,9 @@ from .ssh import Connection, KnownHosts, Target, parallel, quote
 log = logging.getLogger(__name__)
 
 OK, CHANGED, SKIPPED, FAILED = "ok", "changed", "skipped", "failed"
+# A notified handler is marked here on the host until it has run, so a run
+# that stops between a change and its handler still runs it the next time.
+PENDING = "/var/lib/psa-infra/pending-handlers"
 DIFF_LINES = 60
 GUARD_TIMEOUT = 120
 APT_ENV = "DEBIAN_FRONTEND=noninteractive"
@@ -113,6 +116,11 @@ def _probe(index: int, step: Step) -> str:
     )
 
 
+def _mark(handler: str) -> str:
+    """A file name for a handler's pending mark."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in handler)
+
+
 def _mode(text: str) -> int:
     return int(text, 8)
 
@@ -128,8 +136,10 @@ class HostRun:
         playbooks: Mapping[str, Playbook],
         dry_run: bool = False,
         report: Callable[[StepOutcome], None] | None = None,
+        pending_dir: str = PENDING,
     ) -> None:
         self.connection = connection
+        self.pending_dir = pending_dir
         self.container = container
         self.dry_run = dry_run
         self.report = report or (lambda outcome: None)
@@ -138,17 +148,18 @@ class HostRun:
         self.files: dict[str, RenderedFile] = {
             f.dest: f for f in renderer.files(container, playbooks, reveal=True)
         }
-        self.masked: dict[str, RenderedFile] = {
-            f.dest: f for f in renderer.files(container, playbooks, reveal=False)
-        }
+        self.pending: list[str] = []
 
     @property
     def host(self) -> str:
         return self.container.hostname
 
     def state(self, indexed: list[tuple[int, Step]]) -> dict[int, str]:
-        """Read the state of several steps in one command."""
-        script = "\n".join(_probe(i, s) for i, s in indexed) + "\nwait\n"
+        """Read the state of several steps, and pending handlers, in one command."""
+        script = "\n".join(_probe(i, s) for i, s in indexed)
+        listing = f"ls {quote(self.pending_dir)} 2>/dev/null | tr '\\n' ' '"
+        script += f"\nprintf 'pending\\t%s\\n' \"$({listing})\""
+        script += "\nwait\n"
         result = self.connection.run(
             "bash -s",
             stdin=script.encode(),
@@ -161,6 +172,9 @@ class HostRun:
             index, _, value = line.partition("\t")
             if index.isdigit():
                 states[int(index)] = value
+            elif index == "pending":
+                marks = set(value.split())
+                self.pending = [h for h in self.handlers if _mark(h) in marks]
         missing = [i for i, _ in indexed if i not in states]
         if missing:
             raise SSHError(
@@ -175,7 +189,7 @@ class HostRun:
         indexed = list(enumerate(step for _, step in self.steps))
         states = self.state(indexed)
         changed_before = False
-        notified: list[str] = []
+        notified: list[str] = list(self.pending)
         for index, (playbook, step) in enumerate(self.steps):
             if step.file is not None and step.file.dest not in self.files:
                 outcome = StepOutcome(
@@ -212,7 +226,15 @@ class HostRun:
             self._emit(report, outcome)
             if status == CHANGED:
                 changed_before = True
-                notified.extend(n for n in step.notify if n not in notified)
+                new = [n for n in step.notify if n not in notified]
+                if new and not self.dry_run:
+                    folder = self.pending_dir
+                    marks = " ".join(quote(f"{folder}/{_mark(n)}") for n in new)
+                    self.connection.run(
+                        f"mkdir -p {quote(folder)} && touch {marks}",
+                        step="mark handlers",
+                    )
+                notified.extend(new)
         for name in [h for h in self.handlers if h in notified]:
             handler = self.handlers[name]
             started = time.monotonic()
@@ -221,6 +243,10 @@ class HostRun:
                     status, detail = CHANGED, f"would run: {describe(handler)}"
                 else:
                     self._act(handler)
+                    self.connection.run(
+                        f"rm -f {quote(f'{self.pending_dir}/{_mark(name)}')}",
+                        step="unmark handler",
+                    )
                     status, detail = CHANGED, describe(handler)
             except SSHError as exc:
                 self._emit(

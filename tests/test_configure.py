@@ -120,6 +120,7 @@ def _run(setup: dict[str, Any], dry_run: bool = False) -> dict[str, tuple[str, s
             setup["container"],
             setup["renderer"],
             setup["playbooks"],
+            pending_dir=str(setup["site"] / "pending"),
             dry_run=dry_run,
         ).run()
     assert report.host == "psa-redis"
@@ -189,6 +190,7 @@ def test_dry_run_shows_diffs_and_changes_nothing(
             setup["container"],
             setup["renderer"],
             setup["playbooks"],
+            pending_dir=str(setup["site"] / "pending"),
             dry_run=True,
         ).run()
     outcomes = {o.step: o for o in report.outcomes}
@@ -235,7 +237,11 @@ def test_failed_step_stops_the_host_with_a_clear_message(setup: dict[str, Any]) 
     )
     with setup["connection"]() as connection:
         report = HostRun(
-            connection, setup["container"], setup["renderer"], setup["playbooks"]
+            connection,
+            setup["container"],
+            setup["renderer"],
+            setup["playbooks"],
+            pending_dir=str(setup["site"] / "pending"),
         ).run()
     assert [o.step for o in report.outcomes] == ["breaks"]
     assert report.outcomes[0].status == FAILED
@@ -290,3 +296,25 @@ def test_verify_checks_what_the_steps_made(setup: dict[str, Any]) -> None:
         FAIL,
         "root:root 0640, want root:root 0600",
     )
+
+
+def test_a_handler_lost_to_a_failure_runs_on_the_next_run(
+    setup: dict[str, Any],
+) -> None:
+    site: Path = setup["site"]
+    steps = setup["playbooks"]["redis"].model_dump(exclude_none=True)
+    stop = {"name": "stops", "command": {"run": f"test -e {site}/go"}}
+    steps["steps"].append(stop)
+    setup["playbooks"]["redis"] = Playbook.model_validate(steps)
+    first = _run(setup)
+    assert first["secret config"][0] == CHANGED
+    assert first["stops"][0] == FAILED
+    assert "restart" not in first
+    assert not (site / "restarts").exists()
+    (site / "go").touch()
+    second = _run(setup)
+    assert second["secret config"][0] == OK
+    assert second["restart"][0] == CHANGED, "the pending handler still runs"
+    assert (site / "restarts").read_text() == "restarted\n"
+    third = _run(setup)
+    assert "restart" not in third
