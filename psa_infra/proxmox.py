@@ -1,21 +1,44 @@
 """The Proxmox VE API layer: connection settings, requests, retries and tasks.
 
-The only module that talks HTTP. Everything the API answers with an error
+The only module that talks HTTP, and it does so through proxmoxer: a
+``ProxmoxAPI`` with the https backend, its session and its auth classes.
+Every error answer (proxmoxer's ``ResourceException``) or failed connection
 leaves here as :class:`~psa_infra.errors.ProxmoxError` (or
-:class:`~psa_infra.errors.TaskError` for a task that failed), naming the
-method, the path, PVE's message and its per-parameter errors; no requests
-exception and no secret (token secret, password, ticket) ever leaves it.
+:class:`~psa_infra.errors.TaskError` for a failed task), naming the method,
+the path, PVE's message and its per-parameter errors; no proxmoxer or
+requests exception and no secret (token secret, password, ticket) leaves it.
 
-It speaks to the API with a plain ``requests`` session rather than
-proxmoxer: proxmoxer logs in with a bare ``requests.post`` outside its
-session (no retries, the PVE message lost) and its task helper returns
-without raising when a task fails, so the little it would add is replaced
-by explicit code here.
+Where proxmoxer falls short, this module keeps control:
+
+- Login. ``ProxmoxHTTPAuth`` logs in from its constructor with a bare
+  ``requests.post`` outside the session, which trusts ``REQUESTS_CA_BUNDLE``
+  (it replaces ``verify=True``), proxy variables and ``~/.netrc``, is never
+  retried, drops PVE's message, and answers ``NeedTFA`` with a made-up
+  second factor that counts as a failed attempt. So the login goes through
+  proxmoxer's session like every other request (``trust_env`` off, the
+  explicit ``verify``, retries), and the ticket is handed to a
+  ``ProxmoxHTTPAuth`` made without its constructor, its age-based renewal
+  (the same ``requests.post``) off: a 401 renews the ticket instead.
+  ``ProxmoxAPI`` is built as for a token, the one way it sends nothing.
+- Trust. The session ignores the environment, so only the CA file, the
+  default bundle of requests or ``--insecure`` decide whom credentials go
+  to. An answer that redirects is refused: proxmoxer's session would follow
+  it with the ticket cookie, which is bound to no host. The session stores
+  no cookie from answers, as any stored cookie stops proxmoxer sending the
+  ticket.
+- Retries, lost answers and task polling are done here: proxmoxer retries
+  nothing, and ``Tasks.blocking_status`` sleeps a full interval even for a
+  finished task and returns without raising when it failed.
+- Importing proxmoxer's https backend would silence urllib3's warnings for
+  the whole process; the import is fenced. proxmoxer's loggers, which log
+  parameter values, stay at the WARNING level it sets; the DEBUG line here
+  names parameters only.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import threading
@@ -98,7 +121,8 @@ def settings_from_env(
             hint="the API token or password would otherwise cross the network in clear",
         )
     port = parts.port or DEFAULT_PORT
-    url = f"https://{parts.hostname}:{port}"
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    url = f"https://{host}:{port}"
 
     token_id = env.get("PROXMOX_TOKEN_ID") or None
     token_secret = env.get("PROXMOX_TOKEN_SECRET") or None
@@ -183,33 +207,63 @@ def _task_type(upid: str) -> str:
 
 
 class Client:
-    """A connection to the Proxmox API, safe to share between threads."""
+    """A connection to the Proxmox API through proxmoxer, shared by threads."""
 
     def __init__(
         self,
         settings: Settings,
-        session: Any | None = None,
         sleep: Callable[[float], None] = time.sleep,
         pool_size: int = 16,
     ) -> None:
-        import requests
+        from http.cookiejar import DefaultCookiePolicy
+
+        import requests.adapters
         import urllib3
 
+        https = _proxmoxer_https()
+        from proxmoxer import ProxmoxAPI
+
         self.settings = settings
-        self.base = settings.url + "/api2/json"
         self._sleep = sleep
         self._lock = threading.Lock()
-        self._ticket: str | None = None
-        self._csrf: str | None = None
-        self.session = session if session is not None else requests.Session()
+        parts = urlsplit(settings.url)
+        if settings.token_id:
+            assert settings.token_secret is not None
+            user, _, token_name = settings.token_id.partition("!")
+            token_value: str | None = settings.token_secret.reveal()
+        else:
+            # ProxmoxAPI logs a user in from its constructor (see the module
+            # docstring); built as for a token it sends nothing, and its
+            # session's auth is replaced below before any request.
+            user, token_name, token_value = str(settings.user), "", None
+        self.api: Any = ProxmoxAPI(
+            parts.hostname,
+            backend="https",
+            port=parts.port,
+            user=user,
+            token_name=token_name,
+            token_value=token_value,
+            verify_ssl=settings.verify,
+            timeout=settings.timeout,
+        )
+        self.session: Any = self.api._store["session"]
+        self.base: str = self.api._store["base_url"]
+
         # REQUESTS_CA_BUNDLE, netrc and proxy variables would silently change
-        # whom we trust and where the token goes; only the explicit settings count.
+        # whom we trust and where the credentials go; only the settings count.
         self.session.trust_env = False
-        if session is None:
-            adapter = requests.adapters.HTTPAdapter(
-                pool_connections=4, pool_maxsize=pool_size, max_retries=0
-            )
-            self.session.mount("https://", adapter)
+        self.session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
+        self.session.hooks["response"].append(_refuse_redirect)
+        adapter = requests.adapters.HTTPAdapter(
+            pool_connections=4, pool_maxsize=pool_size, max_retries=0
+        )
+        self.session.mount("https://", adapter)
+        # The login itself carries no ticket: proxmoxer's base auth adds nothing.
+        self._anonymous = https.ProxmoxHTTPAuthBase(
+            timeout=settings.timeout, verify_ssl=settings.verify
+        )
+        if not settings.token_id:
+            self.session.auth = _ticket_auth(https, settings, self.base)
         if settings.insecure:
             urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
 
@@ -267,7 +321,7 @@ class Client:
         for attempt in range(attempts):
             sent_at = time.time()
             try:
-                return self._once(method, path, params, data)
+                return self._once(method, path, params or data or {})
             except _Transient as exc:
                 last = exc.why
                 if not retry and exc.sent:
@@ -301,43 +355,31 @@ class Client:
             hint=f"check that {self.settings.url} and its nodes are reachable",
         )
 
-    def _once(
-        self,
-        method: str,
-        path: str,
-        params: Mapping[str, Any] | None,
-        data: Mapping[str, Any] | None,
-    ) -> Any:
+    def _once(self, method: str, path: str, values: Mapping[str, Any]) -> Any:
+        """Send one request through proxmoxer (GET, DELETE: values in the query)."""
         import requests
+        from proxmoxer import ResourceException
 
-        headers: dict[str, str] = {}
-        cookies: dict[str, str] = {}
+        send = getattr(self.api(path), method.lower())
         relogged = False
         while True:
-            if self.settings.token_id:
-                assert self.settings.token_secret is not None
-                headers["Authorization"] = (
-                    f"PVEAPIToken={self.settings.token_id}="
-                    f"{self.settings.token_secret.reveal()}"
-                )
-            else:
-                ticket, csrf = self._login()
-                cookies = {"PVEAuthCookie": ticket}
-                if method != "GET":
-                    headers["CSRFPreventionToken"] = csrf
-            started = time.monotonic()
+            ticket = "" if self.settings.token_id else self._login()
+            started, status = time.monotonic(), "no answer"
             try:
-                response = self.session.request(
-                    method,
-                    self.base + path,
-                    params=_encode(params) if params else None,
-                    data=_encode(data) if data else None,
-                    headers=headers,
-                    cookies=cookies,
-                    timeout=self.settings.timeout,
-                    verify=self.settings.verify,
-                    allow_redirects=False,
-                )
+                result = send(**_encode(values))
+                status = "ok"
+            except ResourceException as exc:
+                code: int = exc.status_code
+                status = str(code)
+                if code == 401 and ticket and not relogged:
+                    # The ticket expired or was revoked: log in again, once.
+                    self._forget(ticket)
+                    relogged = True
+                    continue
+                if code in TRANSIENT_STATUS:
+                    why = f"{code} {_reason_phrase(exc) or exc.status_message}"
+                    raise _Transient(why, sent=True) from None
+                raise self._api_error(method, path, exc) from None
             except requests.exceptions.SSLError as exc:
                 raise self._tls_error(exc) from None
             except requests.exceptions.ConnectTimeout:
@@ -351,52 +393,44 @@ class Client:
                 requests.exceptions.ChunkedEncodingError,
             ):
                 raise _Transient("no answer in time", sent=True) from None
-            log.debug(
-                "%s %s %s -> %s (%.2f s)",
-                method,
-                path,
-                sorted(data or params or {}),
-                response.status_code,
-                time.monotonic() - started,
-            )
-            status = response.status_code
-            if status == 401 and not self.settings.token_id and not relogged:
-                # The ticket expired or was revoked: log in again, once.
-                with self._lock:
-                    self._ticket = None
-                relogged = True
-                continue
-            break
-        if status in TRANSIENT_STATUS:
-            raise _Transient(
-                f"{status} {_message(response) or response.reason}", sent=True
-            )
-        if status >= 400:
-            raise self._api_error(method, path, response)
-        try:
-            return response.json().get("data")
-        except ValueError:
-            raise ProxmoxError(
-                f"{method} {path}: the API answered {status} with a body that is "
-                "not JSON"
-            ) from None
+            except KeyError:
+                # proxmoxer reads the answer's "data" without checking it is there.
+                raise ProxmoxError(
+                    f"{method} {path}: the API answered without a data field"
+                ) from None
+            finally:
+                log.debug(
+                    "%s %s %s -> %s (%.2f s)",
+                    method,
+                    path,
+                    sorted(values),
+                    status,
+                    time.monotonic() - started,
+                )
+            # proxmoxer returns a body that is not JSON as {"errors": bytes}.
+            if isinstance(result, dict) and isinstance(result.get("errors"), bytes):
+                raise ProxmoxError(f"{method} {path}: the API answered with no JSON")
+            return result
 
-    def _login(self) -> tuple[str, str]:
-        """A login ticket and CSRF token for the user, fetched once and shared."""
+    def _login(self) -> str:
+        """The ticket proxmoxer's auth sends: logged in once, shared by the threads."""
         import requests
 
+        auth = self.session.auth
         with self._lock:
-            if self._ticket is not None and self._csrf is not None:
-                return self._ticket, self._csrf
+            if auth.pve_auth_ticket:
+                return str(auth.pve_auth_ticket)
             assert self.settings.user is not None and self.settings.password is not None
             for attempt in range(self.settings.retries + 1):
                 try:
-                    response = self.session.post(
+                    response = self.session.request(
+                        "POST",
                         self.base + "/access/ticket",
                         data={
                             "username": self.settings.user,
                             "password": self.settings.password.reveal(),
                         },
+                        auth=self._anonymous,
                         timeout=self.settings.timeout,
                         verify=self.settings.verify,
                         allow_redirects=False,
@@ -421,15 +455,33 @@ class Client:
                     f"{response.status_code} {_message(response) or response.reason}",
                     hint="check PROXMOX_USER and PROXMOX_PASSWORD (or use a token)",
                 )
-            body = response.json().get("data") or {}
+            try:
+                body = response.json()["data"]
+            except (ValueError, LookupError, TypeError):
+                body = None
+            if not isinstance(body, dict):
+                body = {}
             if body.get("NeedTFA"):
                 raise ProxmoxError(
                     f"user {self.settings.user} needs a second factor, which psa-infra "
                     "cannot give",
                     hint="use an API token (PROXMOX_TOKEN_ID, PROXMOX_TOKEN_SECRET)",
                 )
-            self._ticket, self._csrf = body["ticket"], body["CSRFPreventionToken"]
-            return self._ticket, self._csrf
+            if not (body.get("ticket") and body.get("CSRFPreventionToken")):
+                raise ProxmoxError(
+                    f"login as {self.settings.user} to {self.settings.url}: the API "
+                    "answered without a ticket"
+                )
+            auth.csrf_prevention_token = body["CSRFPreventionToken"]
+            auth.birth_time = time.monotonic()
+            auth.pve_auth_ticket = body["ticket"]
+            return str(auth.pve_auth_ticket)
+
+    def _forget(self, ticket: str) -> None:
+        """Drop a ticket PVE refused, unless another thread has replaced it already."""
+        with self._lock:
+            if self.session.auth.pve_auth_ticket == ticket:
+                self.session.auth.pve_auth_ticket = ""
 
     def _tls_error(self, exc: Exception) -> ProxmoxError:
         return ProxmoxError(
@@ -439,18 +491,22 @@ class Client:
             "--insecure turns verification off (not for production)",
         )
 
-    def _api_error(self, method: str, path: str, response: Any) -> ProxmoxError:
-        message = _message(response) or response.reason or "no message"
-        text = f"{method} {path}: {response.status_code} {message}"
-        errors = _param_errors(response)
-        if errors:
-            text += "".join(
-                f"\n  {name}: {why}" for name, why in sorted(errors.items())
-            )
+    def _api_error(self, method: str, path: str, exc: Any) -> ProxmoxError:
+        """Translate proxmoxer's ResourceException."""
+        status = exc.status_code
+        message = _reason_phrase(exc) or exc.status_message or "no message"
+        text = f"{method} {path}: {status} {message}"
+        errors = exc.errors if isinstance(exc.errors, dict) else {}
+        # A body that is not JSON comes as {"errors": bytes}: not parameters.
+        text += "".join(
+            f"\n  {name}: {str(why).strip()}"
+            for name, why in sorted(errors.items())
+            if isinstance(why, str)
+        )
         hint = None
-        if response.status_code == 401:
+        if status == 401:
             hint = f"check the credentials of {self.settings.who}"
-        elif response.status_code == 403:
+        elif status == 403:
             hint = f"grant {self.settings.who} the privilege named above"
         return ProxmoxError(text, hint=hint)
 
@@ -513,6 +569,68 @@ def _encode(values: Mapping[str, Any]) -> dict[str, Any]:
     return {k: (int(v) if isinstance(v, bool) else v) for k, v in values.items()}
 
 
+def _proxmoxer_https() -> Any:
+    """proxmoxer's https backend, imported without its process-wide side effect.
+
+    Its import calls ``urllib3.disable_warnings()``, which would hide every
+    urllib3 warning from then on; the warning filters are restored after it.
+    """
+    import sys
+    import warnings
+
+    if "proxmoxer.backends.https" not in sys.modules:
+        with warnings.catch_warnings():
+            import proxmoxer.backends.https  # noqa: F401
+    return sys.modules["proxmoxer.backends.https"]
+
+
+def _ticket_auth(https: Any, settings: Settings, base: str) -> Any:
+    """proxmoxer's ticket auth, made without the login of its constructor.
+
+    It holds no ticket until ``Client._login`` gives it one.
+    """
+    auth = https.ProxmoxHTTPAuth.__new__(https.ProxmoxHTTPAuth)
+    https.ProxmoxHTTPAuthBase.__init__(
+        auth, timeout=settings.timeout, verify_ssl=settings.verify
+    )
+    auth.base_url = base
+    auth.username = settings.user
+    auth.pve_auth_ticket = ""
+    auth.csrf_prevention_token = ""
+    auth.birth_time = time.monotonic()
+    # Its renewal would log in with requests.post again; a 401 renews instead.
+    auth.renew_age = math.inf
+    return auth
+
+
+def _refuse_redirect(response: Any, *args: Any, **kwargs: Any) -> Any:
+    """Refuse an answer that redirects: the ticket cookie would follow it."""
+    if 300 <= response.status_code < 400:
+        path = urlsplit(response.url).path.removeprefix("/api2/json")
+        where = response.headers.get("Location")
+        response.close()
+        raise ProxmoxError(
+            f"{response.request.method} {path}: the API answered "
+            f"{response.status_code}, a redirect{f' to {where}' if where else ''}; "
+            "psa-infra follows none, as the credentials would go along",
+            hint="set PROXMOX_URL to the address of the Proxmox API itself",
+        )
+    return response
+
+
+def _reason_phrase(exc: Any) -> str:
+    """PVE's message from its status line, where proxmoxer keeps it.
+
+    PVE writes it in UTF-8; the HTTP client decoded it as Latin-1.
+    """
+    text = str(exc.content or "")
+    try:
+        text = text.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        pass
+    return text.strip()
+
+
 def _message(response: Any) -> str:
     try:
         body = response.json()
@@ -521,16 +639,6 @@ def _message(response: Any) -> str:
     if not isinstance(body, dict):
         return ""
     return str(body.get("message") or "").strip()
-
-
-def _param_errors(response: Any) -> dict[str, str]:
-    try:
-        errors = response.json().get("errors")
-    except (ValueError, AttributeError):
-        return {}
-    if not isinstance(errors, dict):
-        return {}
-    return {str(k): str(v).strip() for k, v in errors.items()}
 
 
 def _reason(exc: Exception) -> str:

@@ -145,6 +145,127 @@ def test_password_auth_logs_in_once_and_again_when_the_ticket_is_revoked(
     assert all(b"secret" not in body for _, _, body in fakepve.requests)
 
 
+def test_requests_go_through_proxmoxer(
+    client: Client, fakepve: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from proxmoxer import ProxmoxAPI
+    from proxmoxer.backends.https import ProxmoxHTTPApiTokenAuth, ProxmoxHttpSession
+    from proxmoxer.core import ProxmoxResource
+
+    assert isinstance(client.api, ProxmoxAPI)
+    assert isinstance(client.session, ProxmoxHttpSession)
+    assert client.session is client.api._store["session"]
+    assert isinstance(client.session.auth, ProxmoxHTTPApiTokenAuth)
+    assert client.session.trust_env is False
+    adapter = client.session.get_adapter(fakepve.url)
+    assert adapter._pool_maxsize == 16 and adapter.max_retries.total == 0
+
+    through: list[tuple[str, str]] = []
+    request = ProxmoxResource._request
+
+    def recording(self: Any, method: str, *args: Any, **kwargs: Any) -> Any:
+        through.append((method, self._store["base_url"]))
+        return request(self, method, *args, **kwargs)
+
+    monkeypatch.setattr(ProxmoxResource, "_request", recording)
+    fakepve.add_ct(100, "psa-redis", node="pve1")
+    client.get("/nodes")
+    client.put("/nodes/pve1/lxc/100/config", {"cores": 2, "onboot": True})
+    assert fakepve.ct(100).config["onboot"] in (1, "1")
+    assert through == [
+        ("GET", fakepve.url + "/api2/json/nodes"),
+        ("PUT", fakepve.url + "/api2/json/nodes/pve1/lxc/100/config"),
+    ]
+    assert [r[0] for r in fakepve.requests] == ["GET", "PUT"]
+
+
+def test_password_login_goes_through_the_session_not_the_environment(
+    fakepve: Any,
+    fakepve_cafile: str,
+    monkeypatch: pytest.MonkeyPatch,
+    connect: Callable[[Settings], Client],
+) -> None:
+    import requests
+    from proxmoxer.backends.https import ProxmoxHTTPAuth
+
+    def bare_post(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("proxmoxer's bare requests.post was used")
+
+    # proxmoxer's own login would post with requests.post, which trusts these.
+    monkeypatch.setattr(requests, "post", bare_post)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", fakepve_cafile)
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    plain = Settings(fakepve.url, user="root@pam", password=Secret("p", "secret"))
+    with pytest.raises(ProxmoxError, match="could not be verified"):
+        connect(plain).get("/nodes")
+    assert fakepve.requests == []
+
+    client = connect(
+        Settings(
+            fakepve.url,
+            user="root@pam",
+            password=Secret("p", "secret"),
+            ca_file=fakepve_cafile,
+        )
+    )
+    assert isinstance(client.session.auth, ProxmoxHTTPAuth)
+    assert client.get("/nodes")
+    ticket, csrf = client.session.auth.get_tokens()
+    assert ticket and csrf and ticket not in repr(client.session.auth)
+    assert [r[1].removeprefix("/api2/json") for r in fakepve.requests] == [
+        "/access/ticket",
+        "/nodes",
+    ]
+    gc.collect()
+
+
+def test_a_revoked_ticket_is_renewed_once_for_all_threads(
+    fakepve: Any, fakepve_cafile: str, connect: Callable[[Settings], Client]
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    client = connect(
+        Settings(
+            fakepve.url,
+            user="root@pam",
+            password=Secret("p", "secret"),
+            ca_file=fakepve_cafile,
+        )
+    )
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(lambda _: client.get("/nodes"), range(16)))
+        fakepve.revoke_tickets()
+        assert all(pool.map(lambda _: client.get("/nodes"), range(16)))
+    logins = [r for r in fakepve.requests if r[1].endswith("/access/ticket")]
+    assert len(logins) == 2
+
+
+def test_a_second_factor_is_refused_without_guessing_one(
+    fakepve: Any, fakepve_cafile: str, connect: Callable[[Settings], Client]
+) -> None:
+    fakepve.tfa = True
+    client = connect(
+        Settings(
+            fakepve.url,
+            user="root@pam",
+            password=Secret("p", "secret"),
+            ca_file=fakepve_cafile,
+        )
+    )
+    with pytest.raises(ProxmoxError, match="needs a second factor") as caught:
+        client.get("/nodes")
+    assert "PROXMOX_TOKEN_ID" in str(caught.value.hint)
+    # proxmoxer would have sent a second login with the made-up factor "totp:None".
+    assert [r[1] for r in fakepve.requests] == ["/api2/json/access/ticket"]
+
+
+def test_a_redirect_is_refused_not_followed(client: Client, fakepve: Any) -> None:
+    fakepve.fail("GET", "/version", 302, "Found")
+    with pytest.raises(ProxmoxError, match=r"^GET /version: .*302, a redirect"):
+        client.get("/version")
+    assert [r[0] for r in fakepve.requests] == ["GET"]
+
+
 def test_wrong_credentials_name_the_identity_never_the_secret(
     fakepve: Any, fakepve_cafile: str, connect: Callable[[Settings], Client]
 ) -> None:
