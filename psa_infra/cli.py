@@ -338,6 +338,13 @@ def plan(
             "1 on error.",
         ),
     ] = False,
+    containers_only: Annotated[
+        bool,
+        typer.Option(
+            "--containers-only",
+            help="Live plan of the containers only, without reading the hosts.",
+        ),
+    ] = False,
     baseline: Annotated[
         Path | None,
         typer.Option(
@@ -365,8 +372,15 @@ def plan(
     from .secrets import masked_secrets
 
     if not offline:
-        live = live_plan(ctx, inventory)
+        live = live_plan(ctx, inventory, containers_only)
         show_plan(live, Format.json if as_json else output_format)
+        if live.incomplete:
+            raise PsaInfraError(
+                "the plan is incomplete: some hosts could not be read (see the "
+                "warnings above)",
+                hint="check that the containers run and SSH reaches them, or plan "
+                "with --containers-only",
+            )
         if detailed_exitcode and live.has_changes:
             raise typer.Exit(ExitCode.CHANGES)
         return
@@ -420,15 +434,19 @@ def _client(ca_file: Path | None = None, insecure: bool = False) -> Client:
     return Client(settings)
 
 
-def live_plan(ctx: typer.Context, inventory: Path | None) -> Plan:
-    """Plan the containers against the cluster (reads only)."""
+def live_plan(
+    ctx: typer.Context, inventory: Path | None, containers_only: bool = False
+) -> Plan:
+    """Plan against the cluster and, unless told not to, inside the hosts."""
     from .provision import live_plan as make_plan
     from .provision import read_plan
     from .render import Renderer
-    from .secrets import masked_secrets
+    from .secrets import masked_secrets, resolve_secrets
 
     project = project_of(ctx)
     loaded = load(project, inventory)
+    # Comparing files that hold secrets needs their values: read them first.
+    secrets = None if containers_only else resolve_secrets(loaded)
     renderer = Renderer(
         project.templates, loaded, masked_secrets(loaded), _public_key(loaded)
     )
@@ -439,7 +457,48 @@ def live_plan(ctx: typer.Context, inventory: Path | None) -> Plan:
         client.close()
     for problem in problems:
         print(f"psa-infra: warning: {problem}", file=sys.stderr)
-    return make_plan(loaded, str(loaded.path), result, problems)
+    plan = make_plan(loaded, str(loaded.path), result, problems)
+    if secrets is None:
+        plan.notes.append("containers only: the hosts' files and steps were not read")
+    else:
+        _plan_hosts(project, loaded, secrets, plan)
+    return plan
+
+
+def _plan_hosts(
+    project: Project, loaded: LoadedInventory, secrets: Any, plan: Plan
+) -> None:
+    """Add what a dry run of each existing host's steps would change."""
+    from .configure import configure_hosts
+    from .plan import host_actions
+    from .playbooks import load_playbooks
+    from .render import Renderer
+    from .ssh import KnownHosts
+
+    pending = {a.host for a in plan.actions if a.kind in ("create", "replace")}
+    existing = [c for c in loaded.inventory.containers if c.hostname not in pending]
+    playbooks = load_playbooks(project.playbooks, project.shown(project.playbooks))
+    renderer = Renderer(project.templates, loaded, secrets, _public_key(loaded))
+    reports = configure_hosts(
+        loaded,
+        renderer,
+        playbooks,
+        KnownHosts(project.known_hosts),
+        containers=existing,
+        dry_run=True,
+        connect_deadline=10.0,
+    )
+    by_host = {c.hostname: c for c in loaded.inventory.containers}
+    for report in reports:
+        if report.error:
+            plan.warnings.append(f"{report.host}: not read: {report.error}")
+            plan.incomplete = True
+        plan.actions.extend(host_actions(by_host[report.host], report.outcomes))
+    if pending:
+        plan.notes.append(
+            "setup steps of containers still to be created are not listed here; "
+            "plan --offline shows them all"
+        )
 
 
 def show_plan(result: object, output_format: Format) -> None:

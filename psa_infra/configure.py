@@ -53,6 +53,7 @@ class StepOutcome:
     detail: str = ""
     diff: str | None = None
     seconds: float = 0.0
+    kind: str = "step"
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -63,6 +64,7 @@ class StepOutcome:
             "detail": self.detail,
             "diff": self.diff,
             "seconds": round(self.seconds, 3),
+            "kind": self.kind,
         }
 
 
@@ -222,6 +224,7 @@ class HostRun:
                 detail,
                 diff,
                 time.monotonic() - started,
+                kind=step.kind,
             )
             self._emit(report, outcome)
             if status == CHANGED:

@@ -63,6 +63,8 @@ def _summary_line(plan: Plan) -> str:
 def plan_text(plan: Plan, out: Console) -> None:
     """Write the plan for a person reading a terminal."""
     out.print(f"[bold]Plan for {plan.name}[/] ({plan.inventory}, {plan.mode})")
+    for warning in plan.warnings:
+        out.print(f"warning: {warning}", markup=False, style="yellow")
     budget = plan.facts.get("connection_budget")
     if budget:
         out.print(
@@ -103,6 +105,8 @@ def _detail_lines(kind: str, details: Any) -> Iterable[str]:
             yield f"{key}: {change.get('old')} -> {change.get('new')}"
     elif kind in ("replace", "move", "unmanaged") and details.get("reason"):
         yield str(details["reason"])
+    elif kind == "file" and details.get("diff"):
+        yield from str(details["diff"]).rstrip("\n").splitlines()
 
 
 def plan_markdown(plan: Plan, stream: TextIO) -> None:

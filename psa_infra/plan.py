@@ -9,7 +9,7 @@ whose schema ``docs/plan-format.md`` documents (``format_version`` 1).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,6 +64,8 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     facts: dict[str, Any] = field(default_factory=dict)
+    # Set when part of the cluster could not be read: the plan is not whole.
+    incomplete: bool = False
 
     @property
     def has_changes(self) -> bool:
@@ -85,6 +87,7 @@ class Plan:
             "name": self.name,
             "mode": self.mode,
             "changes": self.has_changes,
+            "complete": not self.incomplete,
             "summary": self.counts(),
             "facts": self.facts,
             "warnings": self.warnings,
@@ -336,3 +339,29 @@ def compare_with_baseline(
                 )
             )
     return result
+
+
+def host_actions(container: Container, outcomes: Sequence[Any]) -> list[Action]:
+    """Plan actions from a dry run of a host's steps: what would change there.
+
+    ``outcomes`` are the dry run's step outcomes (status, playbook, step,
+    detail, diff, kind); only changes become actions.
+    """
+    actions = []
+    for outcome in outcomes:
+        if outcome.status != "changed":
+            continue
+        details: dict[str, Any] = {"playbook": outcome.playbook, "step": outcome.step}
+        if outcome.diff:
+            details["diff"] = outcome.diff
+        actions.append(
+            Action(
+                kind="file" if outcome.kind == "file" else "step",
+                phase=phase_of(container),
+                host=container.hostname,
+                vmid=container.vmid,
+                summary=f"{outcome.playbook}: {outcome.step}: {outcome.detail}",
+                details=details,
+            )
+        )
+    return actions

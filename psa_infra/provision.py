@@ -281,10 +281,6 @@ def live_plan(
         mode="live",
         actions=list(result.actions),
         warnings=list(loaded.warnings) + problems,
-        notes=[
-            "live plan: containers only; in-guest setup (files and steps) is not "
-            "planned against the hosts in this version (see plan --offline)"
-        ],
     )
 
 

@@ -83,7 +83,9 @@ def test_rerun_on_a_converged_cluster_writes_nothing(
         "results": [],
         "unmanaged": [],
     }
-    plan = cli("--root", str(project_root), "plan", "--detailed-exitcode")
+    plan = cli(
+        "--root", str(project_root), "plan", "--containers-only", "--detailed-exitcode"
+    )
     assert plan.exit_code == 0
     assert "No changes: the cluster matches the inventory." in plan.stdout
 
@@ -99,7 +101,14 @@ def test_drift_is_updated_in_place_sending_only_changed_keys(
         "ip=10.0.30.10/24", "ip=10.0.30.99/24"
     )
     db.config["tags"] = "postgresql;psa;stray"
-    plan = cli("--root", str(project_root), "plan", "--json", "--detailed-exitcode")
+    plan = cli(
+        "--root",
+        str(project_root),
+        "plan",
+        "--containers-only",
+        "--json",
+        "--detailed-exitcode",
+    )
     assert plan.exit_code == 2
     (action,) = json.loads(plan.stdout)["actions"]
     assert action["kind"] == "update" and action["host"] == "psa-db-master"
@@ -337,7 +346,7 @@ def test_two_node_cluster_moves_a_container_instead_of_recreating_it(
         "    role: redis\n    cores: 2\n",
         "    role: redis\n    node: pve2\n    cores: 3\n",
     )
-    plan = cli("--root", str(pve_project), "plan")
+    plan = cli("--root", str(pve_project), "plan", "--containers-only")
     assert "> move container 110 from pve to pve2" in plan.stdout
     assert "cores: 2 -> 3" in plan.stdout
     before = len(writes())
@@ -389,7 +398,9 @@ def test_unmanaged_tagged_container_is_shown_and_left_alone(
     pve: Any, cli: Run, project_root: Path, writes: Writes
 ) -> None:
     pve.add_ct(170, "psa-old", node="pve", config={"tags": "psa;redis"})
-    plan = cli("--root", str(project_root), "plan", "--format", "markdown")
+    plan = cli(
+        "--root", str(project_root), "plan", "--containers-only", "--format", "markdown"
+    )
     assert plan.exit_code == 0
     assert "| `?` | 170 | psa-old |" in plan.stdout
     result = provision(cli, project_root)
@@ -447,7 +458,10 @@ def test_missing_connection_settings_are_an_error_before_any_request(
 ) -> None:
     for name in ("PROXMOX_URL", "PROXMOX_HOST", "PROXMOX_TOKEN_ID", "PROXMOX_USER"):
         monkeypatch.delenv(name, raising=False)
-    for args in (("plan",), ("provision", "--containers-only", "--yes")):
+    for args in (
+        ("plan", "--containers-only"),
+        ("provision", "--containers-only", "--yes"),
+    ):
         result = cli("--root", str(project_root), *args)
         assert result.exit_code == 5
         assert "psa-infra: error: the Proxmox API address is not set" in result.stderr
