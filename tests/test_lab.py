@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lab_support import lab_leftovers, psa_infra
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE = ROOT / ".state" / "lab"
@@ -33,48 +34,6 @@ pytestmark = [
         reason="the lab needs root on Linux (Debian 12)",
     ),
 ]
-
-
-def psa_infra(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run the real ``psa-infra`` command, as an operator would."""
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "cli.py"), "--root", str(ROOT), *args],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    if check and done.returncode != 0:
-        pytest.fail(
-            f"psa-infra {' '.join(args)} exited {done.returncode}:\n{done.stderr}"
-        )
-    return done
-
-
-def lab_leftovers() -> list[str]:
-    """Whatever of a lab is still on this host."""
-    found = [str(p) for p in Path("/var/lib/lxc").glob("psa-lab-*")]
-    found += [
-        f"link {n}"
-        for n in os.listdir("/sys/class/net")
-        if n in ("vmbr20", "vmbr30") or n.startswith("psalab")
-    ]
-    rules = subprocess.run(
-        ["sh", "-c", "iptables -S; iptables -t nat -S"], capture_output=True, text=True
-    ).stdout
-    found += [
-        f"iptables: {line}"
-        for line in rules.splitlines()
-        if "PSA_LAB" in line or "10.0.20.0/24" in line or "10.0.30.0/24" in line
-    ]
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"psa_lab.server" in argv:
-            found.append(f"process {pid}")
-    return found
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,58 @@
+"""Helpers shared by the lab tests: run psa-infra, find lab leftovers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def psa_infra(
+    *args: str, check: bool = True, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the real ``psa-infra`` command, as an operator would."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "cli.py"), "--root", str(ROOT), *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+        env={**os.environ, **env} if env is not None else None,
+    )
+    if check and done.returncode != 0:
+        pytest.fail(
+            f"psa-infra {' '.join(args)} exited {done.returncode}:\n{done.stderr}"
+        )
+    return done
+
+
+def lab_leftovers() -> list[str]:
+    """Whatever of a lab is still on this host."""
+    found = [str(p) for p in Path("/var/lib/lxc").glob("psa-lab-*")]
+    found += [
+        f"link {n}"
+        for n in os.listdir("/sys/class/net")
+        if n in ("vmbr20", "vmbr30") or n.startswith("psalab")
+    ]
+    rules = subprocess.run(
+        ["sh", "-c", "iptables -S; iptables -t nat -S"], capture_output=True, text=True
+    ).stdout
+    found += [
+        f"iptables: {line}"
+        for line in rules.splitlines()
+        if "PSA_LAB" in line or "10.0.20.0/24" in line or "10.0.30.0/24" in line
+    ]
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"psa_lab.server" in argv:
+            found.append(f"process {pid}")
+    return found
