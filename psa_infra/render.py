@@ -8,6 +8,9 @@ the same inventory and templates give the same bytes.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import os
 import shlex
@@ -24,7 +27,7 @@ import yaml
 from .errors import TemplateError
 from .inventory import Container, Inventory, LoadedInventory
 from .playbooks import Playbook, Step, steps_for
-from .secrets import Secret
+from .secrets import MASK, Secret
 
 CREATE_TEMPLATE = "lxc/create.yml.j2"
 CONTEXT_LINES = 2
@@ -74,6 +77,7 @@ class Renderer:
         self.env.filters["sqlquote"] = _sqlquote
         self.env.filters["dquote"] = _dquote
         self.env.filters["urlquote"] = _urlquote
+        self.env.filters["rabbitmq_password_hash"] = _rabbitmq_password_hash
 
     def context(self, container: Container, reveal: bool = True) -> dict[str, Any]:
         """Return the values templates see for one container."""
@@ -338,6 +342,25 @@ def _dquote(value: Any) -> str:
 def _urlquote(value: Any) -> str:
     """Percent-encode a value for one part of a URL, ``/`` and ``@`` included."""
     return urllib.parse.quote(str(value), safe="")
+
+
+def _rabbitmq_password_hash(password: Any, user: Any) -> str:
+    """Hash a password as RabbitMQ's ``rabbit_password_hashing_sha256`` stores it.
+
+    The stored form is base64(salt + sha256(salt + password)) with a 4-byte
+    salt. RabbitMQ draws the salt at random; here it comes from the password
+    and the user name, so the same secret always renders the same bytes and a
+    converged host sees no change. A masked render stays masked.
+    """
+    # str() of a StrictUndefined raises, so a misspelt name is still an error.
+    secret, name = str(password), str(user)
+    if secret == MASK:
+        return MASK
+    key = secret.encode()
+    label = f"psa-infra rabbitmq salt:{name}".encode()
+    salt = hmac.new(key, label, hashlib.sha256).digest()[:4]
+    digest = hashlib.sha256(salt + key).digest()
+    return base64.b64encode(salt + digest).decode("ascii")
 
 
 def _mib_fraction(mib: int, fraction: float, minimum: int = 1) -> int:

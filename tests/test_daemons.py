@@ -14,7 +14,9 @@ so their files get a syntax check here instead, not a real daemon.
 
 from __future__ import annotations
 
+import base64
 import getpass
+import hashlib
 import http.server
 import json
 import os
@@ -583,7 +585,8 @@ def _cuttlefish(text: str) -> dict[str, str]:
 def test_rabbitmq_config_parses(rendered: Rendered) -> None:
     """Not run by RabbitMQ (no Erlang here): a sanity parse of rabbitmq.conf's
     key = value format and its values, of enabled_plugins as an Erlang list,
-    of rabbitmq-env.conf by sh, and of the password file's exact bytes."""
+    of rabbitmq-env.conf by sh, and of definitions.json as the broker reads it:
+    JSON whose password hash checks out for the app's password, written 0600."""
     host = "psa-rabbitmq"
     conf = _cuttlefish(rendered("mvp", host, "/etc/rabbitmq/rabbitmq.conf").read_text())
     assert conf["listeners.tcp.1"] == "10.0.20.30:5672"
@@ -591,6 +594,8 @@ def test_rabbitmq_config_parses(rendered: Rendered) -> None:
     assert conf["loopback_users.guest"] == "true"
     assert conf["management.tcp.port"] == "15672"
     assert int(conf["vm_memory_high_watermark.absolute"]) == 1638 * 1024 * 1024
+    assert conf["definitions.import_backend"] == "local_filesystem"
+    assert conf["definitions.local.path"] == "/etc/rabbitmq/definitions.json"
 
     plugins = rendered("mvp", host, "/etc/rabbitmq/enabled_plugins").read_text()
     terms = "".join(line.split("%", 1)[0] for line in plugins.splitlines())
@@ -600,8 +605,30 @@ def test_rabbitmq_config_parses(rendered: Rendered) -> None:
     sourced = _run(["sh", "-c", '. "$1" && printf %s "$NODENAME"', "sh", str(env)])
     assert (sourced.returncode, sourced.stdout) == (0, "rabbit@psa-rabbitmq")
 
-    password = rendered("mvp", host, "/etc/rabbitmq/psa-app.password").read_bytes()
-    assert password == TEST_SECRETS["rabbitmq_password"].encode()
+    path = rendered("mvp", host, "/etc/rabbitmq/definitions.json")
+    assert path.stat().st_mode & 0o777 == 0o600
+    text = path.read_text(encoding="utf-8")
+    password = TEST_SECRETS["rabbitmq_password"]
+    assert password not in text and json.dumps(password)[1:-1] not in text
+    definitions = json.loads(text)
+    assert definitions["vhosts"] == [{"name": "psa"}]
+    [user] = definitions["users"]
+    assert (user["name"], user["tags"]) == ("psa_app", [])
+    assert user["hashing_algorithm"] == "rabbit_password_hashing_sha256"
+    # rabbit_password_hashing_sha256: base64 of a 4-byte salt, then
+    # sha256(salt + password); the broker recomputes the digest at login.
+    stored = base64.b64decode(user["password_hash"], validate=True)
+    salt, digest = stored[:4], stored[4:]
+    assert hashlib.sha256(salt + password.encode()).digest() == digest
+    assert definitions["permissions"] == [
+        {
+            "user": "psa_app",
+            "vhost": "psa",
+            "configure": ".*",
+            "write": ".*",
+            "read": ".*",
+        }
+    ]
 
 
 def test_elasticsearch_config_parses(rendered: Rendered) -> None:

@@ -9,6 +9,9 @@ before it is committed, never accepted silently.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -18,6 +21,7 @@ import subprocess
 import urllib.parse
 from pathlib import Path
 
+import jinja2
 import pytest
 from render_support import (
     ROOT,
@@ -46,6 +50,7 @@ CASES = [
     ("mvp", "masked", "psa-db-master", f"{PG}/pg_hba.conf"),
     ("mvp", "masked", "psa-redis", "/etc/redis/redis.conf"),
     ("mvp", "masked", "psa-rabbitmq", "/etc/rabbitmq/rabbitmq.conf"),
+    ("mvp", "masked", "psa-rabbitmq", "/etc/rabbitmq/definitions.json"),
     ("mvp", "masked", "psa-elasticsearch", "/etc/elasticsearch/elasticsearch.yml"),
     (
         "mvp",
@@ -70,6 +75,7 @@ CASES = [
     ("mvp", "secrets", "psa-app", f"{APP}/.env"),
     ("mvp", "secrets", "psa-redis", "/etc/redis/redis.conf"),
     ("mvp", "secrets", "psa-db-master", f"{PG}/psa-bootstrap.sql"),
+    ("mvp", "secrets", "psa-rabbitmq", "/etc/rabbitmq/definitions.json"),
     ("production", "masked", "psa-db-master", f"{PG}/conf.d/psa.conf"),
     ("production", "masked", "psa-api-gateway", f"{APP}/config/upstreams.json"),
     ("production", "masked", "psa-tickets", f"{APP}/ecosystem.config.js"),
@@ -81,7 +87,7 @@ SECRET_FILES = {
     f"{APP}/.env",
     "/etc/redis/redis.conf",
     f"{PG}/psa-bootstrap.sql",
-    "/etc/rabbitmq/psa-app.password",
+    "/etc/rabbitmq/definitions.json",
 }
 
 
@@ -260,24 +266,147 @@ def test_paths_follow_the_inventorys_app_root(tmp_path: Path) -> None:
 
 
 def test_every_role_command_is_guarded() -> None:
-    # A command without creates/unless must be harmless to repeat.
-    repeatable = {"wait for the broker"}
+    # An unguarded command would run, and report a change, on every apply.
     for name, book in playbooks().items():
         for step in book.steps:
-            if step.command is not None and step.name not in repeatable:
+            if step.command is not None:
                 assert step.command.creates or step.command.unless, (
                     f"{name}: {step.name}"
                 )
 
 
+def test_no_rabbitmq_guard_starts_erlang() -> None:
+    # Each of RabbitMQ's CLI tools boots an Erlang VM, about a second of CPU;
+    # a converged run reads every guard, so none may call one.
+    tools = re.compile(r"\brabbitmq(ctl|-diagnostics|-plugins|-queues|-upgrade)\b")
+    for step in playbooks()["rabbitmq"].steps:
+        if step.command is not None:
+            assert not tools.search(step.command.unless or ""), step.name
+
+
 def test_every_installed_file_says_it_is_managed() -> None:
-    # The password file must hold the password alone, so it has no header.
+    # RabbitMQ's definitions file holds only the keys RabbitMQ itself exports:
+    # JSON has no comments, and the broker reads every key at boot.
     for (host, dest), rendered in render_all(load("mvp"), reveal=False).items():
-        if dest == "/etc/rabbitmq/psa-app.password":
-            assert rendered.content == MASK
+        if dest == "/etc/rabbitmq/definitions.json":
+            keys = set(json.loads(rendered.content))
+            assert keys == {"vhosts", "users", "permissions"}
             continue
         head = "\n".join(rendered.content.splitlines()[:3])
         assert "Managed by psa-infra" in head, f"{host}:{dest}"
+
+
+# --- RabbitMQ's definitions file -----------------------------------------------
+
+DEFINITIONS = "/etc/rabbitmq/definitions.json"
+
+
+def _broker_accepts(stored: str, password: str) -> bool:
+    """Check a password against a stored hash as RabbitMQ's sha256 module does."""
+    raw = base64.b64decode(stored, validate=True)
+    salt, digest = raw[:4], raw[4:]
+    return (
+        len(digest) == 32
+        and hashlib.sha256(salt + password.encode()).digest() == digest
+    )
+
+
+def _password_hash(password: object, user: object) -> str:
+    template = "{{ password | rabbitmq_password_hash(user) }}"
+    return (
+        renderer(load("mvp"))
+        .env.from_string(template)
+        .render(password=password, user=user)
+    )
+
+
+def test_rabbitmq_password_hash_matches_an_independent_computation() -> None:
+    password = TEST_SECRETS["rabbitmq_password"]
+    key = password.encode()
+    salt = hmac.new(key, b"psa-infra rabbitmq salt:psa_app", "sha256").digest()[:4]
+    expected = base64.b64encode(salt + hashlib.sha256(salt + key).digest()).decode()
+    assert _password_hash(password, "psa_app") == expected
+    # Computed with openssl: a change of the derivation would make every
+    # broker's definitions file differ, and be imported again, on the next apply.
+    assert _password_hash("guest", "guest") == (
+        "0pPLrNvH6FEZ7M0jBc0YJKfvDAuoLVZNh4C0rEHFiuaCPKUe"
+    )
+
+
+def test_rabbitmq_password_hash_is_accepted_for_its_password_only() -> None:
+    password = TEST_SECRETS["rabbitmq_password"]
+    stored = _password_hash(password, "psa_app")
+    assert _broker_accepts(stored, password)
+    assert not _broker_accepts(stored, password + "x")
+    # The salt follows the user too: two users with one password differ.
+    assert _password_hash(password, "other") != stored
+    assert _password_hash(password, "psa_app") == stored
+
+
+def test_rabbitmq_password_hash_keeps_masks_and_undefined_names() -> None:
+    assert _password_hash(MASK, "psa_app") == MASK
+    env = renderer(load("mvp")).env
+    for template in [
+        "{{ secrets.nope | rabbitmq_password_hash('psa_app') }}",
+        "{{ 'pw' | rabbitmq_password_hash(nope) }}",
+    ]:
+        with pytest.raises(jinja2.UndefinedError):
+            env.from_string(template).render(secrets={})
+
+
+@pytest.mark.parametrize("inventory", ["mvp", "production"])
+def test_rabbitmq_definitions_declare_the_app_vhost_user_and_permissions(
+    inventory: str,
+) -> None:
+    loaded = load(inventory)
+    settings = loaded.inventory.rabbitmq
+    password = TEST_SECRETS["rabbitmq_password"]
+    rendered = render_all(loaded)
+    host = loaded.inventory.by_role("rabbitmq")[0].hostname
+    definitions = rendered[host, DEFINITIONS]
+    assert (definitions.owner, definitions.mode, definitions.secret) == (
+        "rabbitmq",
+        "0600",
+        True,
+    )
+    assert not any(s in definitions.content for s in _spellings(password))
+
+    parsed = json.loads(definitions.content)
+    assert parsed["vhosts"] == [{"name": settings.vhost}]
+    [user] = parsed["users"]
+    assert user["name"] == settings.user and user["tags"] == []
+    assert user["hashing_algorithm"] == "rabbit_password_hashing_sha256"
+    assert _broker_accepts(user["password_hash"], password)
+    assert parsed["permissions"] == [
+        {
+            "user": settings.user,
+            "vhost": settings.vhost,
+            "configure": ".*",
+            "write": ".*",
+            "read": ".*",
+        }
+    ]
+
+
+def test_rabbitmq_boots_with_the_definitions_and_imports_their_changes() -> None:
+    loaded = load("mvp")
+    conf = render_all(loaded, reveal=False)[
+        "psa-rabbitmq", "/etc/rabbitmq/rabbitmq.conf"
+    ]
+    lines = conf.content.splitlines()
+    assert "definitions.import_backend = local_filesystem" in lines
+    assert f"definitions.local.path = {DEFINITIONS}" in lines
+
+    book = playbooks()["rabbitmq"]
+    step = next(s for s in book.steps if s.file and s.file.dest == DEFINITIONS)
+    assert step.notify == ["import definitions"]
+    handler = book.handlers["import definitions"].command
+    assert handler is not None
+    assert f"rabbitmqctl import_definitions {DEFINITIONS}" in handler.run
+    assert "systemctl is-active --quiet rabbitmq-server" in handler.run
+    # A boot with a new configuration must find the file it points at.
+    names = [s.name for s in book.steps]
+    assert names.index(step.name) < names.index("broker configuration")
 
 
 # --- package sources ----------------------------------------------------------
