@@ -44,6 +44,8 @@ const agent = new http.Agent({
   timeout: intSetting('UPSTREAM_IDLE_TIMEOUT_MS', 4000),
 });
 
+const SAFE = new Set(['GET', 'HEAD', 'OPTIONS']);
+
 function hasBody(req: IncomingMessage): boolean {
   const length = req.headers['content-length'];
   return req.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0');
@@ -72,7 +74,9 @@ function proxy(req: IncomingMessage, res: ServerResponse, route: Route, upstream
     method: req.method,
     path: route.path,
     headers,
-    agent,
+    // The retry takes a new connection: other pooled ones may lead to the
+    // same stopping instance.
+    agent: attempt === 0 ? agent : false,
     timeout: proxyTimeout,
   });
 
@@ -91,10 +95,10 @@ function proxy(req: IncomingMessage, res: ServerResponse, route: Route, upstream
 
   outgoing.on('error', (err: NodeJS.ErrnoException) => {
     req.unpipe(outgoing);
-    // A kept-alive socket the service closed just as it was reused: the
-    // request never reached the service, so one retry is safe when there is
-    // no body to replay.
-    if (!res.headersSent && outgoing.reusedSocket && err.code === 'ECONNRESET' && !hasBody(req) && attempt === 0) {
+    // A connection reset before any answer: a kept-alive socket the service
+    // closed as it was reused, or a connection handed to an instance that PM2
+    // is stopping. Retried once for safe methods with no body to replay.
+    if (!res.headersSent && err.code === 'ECONNRESET' && SAFE.has(req.method ?? '') && !hasBody(req) && attempt === 0) {
       proxy(req, res, route, upstream, attempt + 1);
       return;
     }
@@ -103,7 +107,7 @@ function proxy(req: IncomingMessage, res: ServerResponse, route: Route, upstream
       return;
     }
     const status = err.code === 'ETIMEDOUT' ? 504 : 502;
-    log.warn('upstream failed', { service: route.service, upstream: `${upstream.host}:${upstream.port}`, error: errorText(err) });
+    log.warn('upstream failed', { upstream_service: route.service, upstream: `${upstream.host}:${upstream.port}`, error: errorText(err) });
     sendJson(res, status, {
       error: status === 504 ? 'gateway_timeout' : 'bad_gateway',
       service: route.service,
