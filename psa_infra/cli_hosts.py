@@ -175,7 +175,10 @@ def provision(
             outcomes = _apply(client, loaded, result, downloads, parallel, task_timeout)
     finally:
         client.close()
-    _report_containers(result, outcomes, as_json and containers_only, dry_run)
+    # With --json and the hosts to follow, one JSON document comes at the end.
+    _report_containers(
+        result, outcomes, as_json, dry_run, printed=containers_only or not as_json
+    )
     if containers_only:
         return
     assert secrets is not None and playbooks is not None
@@ -268,13 +271,19 @@ def _configure(
 
 
 def _report_containers(
-    result: Diff, outcomes: list[Outcome], as_json: bool, dry_run: bool
+    result: Diff,
+    outcomes: list[Outcome],
+    as_json: bool,
+    dry_run: bool,
+    printed: bool = True,
 ) -> None:
     from .output import table
 
     unmanaged = [a for a in result.actions if a.kind == "unmanaged"]
     failed = [o for o in outcomes if o.result == "failed"]
-    if as_json:
+    if not printed:
+        pass
+    elif as_json:
         print(
             json.dumps(
                 {
