@@ -544,7 +544,7 @@ def _crash(exc: BaseException) -> int:
 
 
 # Commands that change the cluster and the hosts register themselves on `app`.
-from . import cli_hosts  # noqa: E402,F401
+from . import cli_app, cli_hosts  # noqa: E402,F401
 
 # The local lab is a separate package (psa_lab); without it the core CLI still works.
 try:

@@ -39,6 +39,7 @@ module.exports = {
         ...shared,
         NODE_ENV: "production",
         PORT: 3030,
+        APP_ROOT: "/opt/psa-platform",
       },
       wait_ready: true,
       listen_timeout: 10000,
