@@ -38,8 +38,9 @@ SERVER_START_TIMEOUT = 30
 # What the lab cannot give; shown by up and status, and in docs/lab.md.
 CANNOT = (
     "Elasticsearch: no package source is reachable from here "
-    "(not Debian, PyPI or npm); "
-    "a role that installs it from Elastic's repository cannot complete in the lab",
+    "(not Debian, PyPI or npm); lab env sets packages.elasticsearch=none, so "
+    "provision configures it without installing it and verify reports its "
+    "service as unavailable",
     "containers run privileged: unprivileged=1 is recorded but not mapped to a user "
     "namespace",
     "DNS: containers use the host's name servers, not the inventory's nameserver "
@@ -50,8 +51,10 @@ CANNOT = (
     "real follows them); suspend and resume are refused",
     "migration between nodes moves a container in the API only: the lab is one "
     "machine (a restart migration does restart the real container)",
-    "new host keys at every create: after lab down/up, remove the old keys from "
-    "the known_hosts file psa-infra uses (ssh-keygen -f FILE -R ADDRESS)",
+    "new host keys at every create: lab env points psa-infra at the lab's own "
+    "known_hosts (PSA_INFRA_KNOWN_HOSTS), which lab down removes; with another "
+    "known_hosts file, remove old keys after lab down/up (ssh-keygen -f FILE -R "
+    "ADDRESS)",
 )
 
 
