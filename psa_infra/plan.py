@@ -160,16 +160,25 @@ def setup_actions(
         if step.notify:
             details["notify"] = list(step.notify)
         actions.append(
-            Action(
-                kind=kind,
-                phase=phase_of(container),
-                host=container.hostname,
-                vmid=container.vmid,
-                summary=f"{playbook}: {step.name}: {describe(step)}",
-                details=details,
+            _host_action(
+                container, kind, f"{playbook}: {step.name}: {describe(step)}", details
             )
         )
     return actions
+
+
+def _host_action(
+    container: Container, kind: str, summary: str, details: dict[str, Any]
+) -> Action:
+    """An action inside a container, in its role's phase."""
+    return Action(
+        kind=kind,
+        phase=phase_of(container),
+        host=container.hostname,
+        vmid=container.vmid,
+        summary=summary,
+        details=details,
+    )
 
 
 def offline_plan(
@@ -355,13 +364,11 @@ def host_actions(container: Container, outcomes: Sequence[Any]) -> list[Action]:
         if outcome.diff:
             details["diff"] = outcome.diff
         actions.append(
-            Action(
-                kind="file" if outcome.kind == "file" else "step",
-                phase=phase_of(container),
-                host=container.hostname,
-                vmid=container.vmid,
-                summary=f"{outcome.playbook}: {outcome.step}: {outcome.detail}",
-                details=details,
+            _host_action(
+                container,
+                "file" if outcome.kind == "file" else "step",
+                f"{outcome.playbook}: {outcome.step}: {outcome.detail}",
+                details,
             )
         )
     return actions

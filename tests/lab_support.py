@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -56,3 +57,30 @@ def lab_leftovers() -> list[str]:
         if b"psa_lab.server" in argv:
             found.append(f"process {pid}")
     return found
+
+
+def lab_settings() -> dict[str, str]:
+    """The settings ``eval "$(psa-infra lab env)"`` gives a shell."""
+    exported = psa_infra("lab", "env").stdout
+    shell = subprocess.run(
+        ["bash", "-c", exported + "\nenv -0"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    settings = dict(
+        item.partition("=")[::2] for item in shell.stdout.split("\0") if item
+    )
+    return {k: v for k, v in settings.items() if k.startswith(("PROXMOX_", "PSA_"))}
+
+
+@contextmanager
+def running_lab(inventory: str) -> Iterator[dict[str, str]]:
+    """The lab up for ``inventory``, taken down afterwards; yields lab_settings()."""
+    assert not lab_leftovers(), "a lab is already on this machine: psa-infra lab down"
+    try:
+        psa_infra("lab", "up", inventory)
+        yield lab_settings()
+    finally:
+        psa_infra("lab", "down", check=False)
+        assert not lab_leftovers()

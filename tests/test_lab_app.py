@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 import urllib.request
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lab_support import ROOT, lab_leftovers, psa_infra
+from lab_support import ROOT, psa_infra, running_lab
 
 from psa_lab.load import Load
 
@@ -42,25 +41,10 @@ SERVICES = ["api-gateway", "auth", "crm", "tickets", "billing", "projects", "ass
 
 @pytest.fixture(scope="module")
 def env() -> Iterator[dict[str, str]]:
-    assert not lab_leftovers(), "a lab is already on this machine: psa-infra lab down"
-    try:
-        psa_infra("lab", "up", INVENTORY)
-        exported = psa_infra("lab", "env").stdout
-        shell = subprocess.run(
-            ["bash", "-c", exported + "\nenv -0"],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        settings = dict(
-            item.partition("=")[::2] for item in shell.stdout.split("\0") if item
-        )
-        env = {k: v for k, v in settings.items() if k.startswith(("PROXMOX_", "PSA_"))}
-        psa_infra("provision", "--yes", INVENTORY, env=env)
-        yield env
-    finally:
-        psa_infra("lab", "down", check=False)
-        assert not lab_leftovers()
+    """The lab up with the MVP provisioned; the settings ``lab env`` gives."""
+    with running_lab(INVENTORY) as settings:
+        psa_infra("provision", "--yes", INVENTORY, env=settings)
+        yield settings
 
 
 @pytest.fixture(scope="module")

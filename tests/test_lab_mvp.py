@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from lab_support import ROOT, lab_leftovers, psa_infra
+from lab_support import ROOT, psa_infra, running_lab
 
 pytestmark = [
     pytest.mark.lab,
@@ -34,23 +34,8 @@ INVENTORY = "inventory/mvp.yml"
 @pytest.fixture(scope="module")
 def env() -> Iterator[dict[str, str]]:
     """The lab up for the MVP; the settings ``lab env`` gives psa-infra."""
-    assert not lab_leftovers(), "a lab is already on this machine: psa-infra lab down"
-    try:
-        psa_infra("lab", "up", INVENTORY)
-        exported = psa_infra("lab", "env").stdout
-        shell = subprocess.run(
-            ["bash", "-c", exported + "\nenv -0"],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        settings = dict(
-            item.partition("=")[::2] for item in shell.stdout.split("\0") if item
-        )
-        yield {k: v for k, v in settings.items() if k.startswith(("PROXMOX_", "PSA_"))}
-    finally:
-        psa_infra("lab", "down", check=False)
-        assert not lab_leftovers()
+    with running_lab(INVENTORY) as settings:
+        yield settings
 
 
 @pytest.fixture(scope="module")
