@@ -420,7 +420,8 @@ def _read_json(path: Path) -> dict[str, object]:
 
 def _client(ca_file: Path | None = None, insecure: bool = False) -> Client:
     """A Proxmox API client from the environment and the TLS flags."""
-    from .proxmox import Client, settings_from_env
+    from .proxmox import Client
+    from .pvesettings import settings_from_env
 
     settings = settings_from_env(
         ca_file=str(ca_file) if ca_file else None, insecure=insecure
@@ -469,7 +470,7 @@ def _plan_hosts(
     project: Project, loaded: LoadedInventory, secrets: Any, plan: Plan
 ) -> None:
     """Add what a dry run of each existing host's steps would change."""
-    from .configure import configure_hosts
+    from .hosts import configure_hosts
     from .plan import host_actions
     from .playbooks import load_playbooks
     from .render import Renderer

@@ -44,7 +44,7 @@ def _app_hosts(loaded: LoadedInventory, only: list[str] | None) -> list[Containe
 def _connect(
     project: Project, loaded: LoadedInventory, container: Container
 ) -> Connection:
-    from .configure import target_of
+    from .hosts import target_of
     from .ssh import Connection, KnownHosts
 
     return Connection(
@@ -127,8 +127,8 @@ def deploy(
 
     Example: psa-infra deploy build/releases/psa-app-1.4.0.tar.gz inventory/mvp.yml
     """
-    from .configure import configure_hosts
     from .deploy import Deployer, DeployError
+    from .hosts import configure_hosts
     from .output import table
     from .playbooks import load_playbooks
     from .release import load_artifact

@@ -226,7 +226,8 @@ def _configure(
     parallel: int,
 ) -> list[HostReport]:
     """Run the playbooks on ``chosen`` containers, showing each change."""
-    from .configure import CHANGED, FAILED, configure_hosts
+    from .configure import CHANGED, FAILED
+    from .hosts import configure_hosts
     from .render import Renderer
     from .ssh import KnownHosts
 
@@ -395,7 +396,7 @@ def verify(
 
     Example: psa-infra verify inventory/mvp.yml
     """
-    from .configure import target_of
+    from .hosts import target_of
     from .output import table
     from .playbooks import load_playbooks
     from .render import Renderer

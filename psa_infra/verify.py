@@ -344,7 +344,7 @@ class HostChecks:
             return _is(ok, f"pm2-logrotate at {size}", "pm2-logrotate missing or unset")
 
         def reaches() -> tuple[str, str]:
-            from .configure import data_endpoints
+            from .hosts import data_endpoints
 
             down = [
                 f"{name} {address}:{port}"

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from psa_infra.errors import ProxmoxError, TaskError
-from psa_infra.proxmox import Client, Settings, settings_from_env
+from psa_infra.proxmox import Client
+from psa_infra.pvesettings import Settings, settings_from_env
 from psa_infra.secrets import Secret
 
 # fakepve's event loop stops with some server-side connections (a refused TLS
