@@ -111,3 +111,25 @@ test('every service sends ready and answers /health with its own name', async (t
     assert.equal((await svc.exited).code, 0, svc.output());
   }));
 });
+
+test('ready waits for the dependencies, within WARMUP_TIMEOUT_MS', async (t) => {
+  // Redis and RabbitMQ refuse: the service waits its warm-up time for them
+  // before it takes traffic and says ready, then starts anyway.
+  const refused = await freePort();
+  const port = await freePort();
+  const started = Date.now();
+  const svc = startService('reports', {
+    APP_ROOT: tempRoot(),
+    PORT: String(port),
+    WARMUP_TIMEOUT_MS: '1500',
+    REDIS_HOST: '127.0.0.1',
+    REDIS_PORT: String(refused),
+    RABBITMQ_URL: `amqp://u:p@127.0.0.1:${refused}/psa`,
+  });
+  t.after(() => svc.child.kill('SIGKILL'));
+  await svc.ready;
+  const waited = Date.now() - started;
+  assert.ok(waited >= 1400, `ready after ${waited} ms, before the warm-up ended`);
+  const res = await request(port, { path: '/health' });
+  assert.equal(res.status, 503);
+});

@@ -48,7 +48,14 @@ function tempRoot() {
  */
 function startService(name, env, { readyTimeout = 5000 } = {}) {
   const child = spawn(process.execPath, [path.join(APP, 'services', name, 'dist', 'index.js')], {
-    env: { PATH: process.env.PATH, LD_LIBRARY_PATH: process.env.LD_LIBRARY_PATH ?? '', ...env },
+    env: {
+      PATH: process.env.PATH,
+      LD_LIBRARY_PATH: process.env.LD_LIBRARY_PATH ?? '',
+      // The dependencies here are down on purpose: start without waiting for
+      // them (a test that checks the wait sets its own value).
+      WARMUP_TIMEOUT_MS: '0',
+      ...env,
+    },
     stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
   });
   let output = '';

@@ -179,14 +179,37 @@ export function runService(options: ServiceOptions): RunningService {
     process.exit(1);
   });
 
-  server.listen(port, () => {
-    log.info('listening', { port });
-    // PM2 (wait_ready) counts this instance as up, and on a reload only then
-    // stops the old one.
-    if (typeof process.send === 'function') {
-      process.send('ready');
+  // Connect to the dependencies (and start consumers) before taking traffic:
+  // on a reload PM2 stops the old instance as soon as this one says ready, so
+  // a new instance must not answer 'degraded' while its connections open.
+  // Bounded well inside PM2's listen_timeout; if a dependency stays down the
+  // instance starts anyway and its /health says so.
+  async function warmUp(): Promise<void> {
+    const wait = intSetting('WARMUP_TIMEOUT_MS', 6000);
+    const deadline = Date.now() + wait;
+    while (wait > 0 && Date.now() < deadline) {
+      const results = await Promise.all(Object.values(probes).map((p) => p(healthTimeout)));
+      if (results.every((r) => r.status === 'ok')) {
+        break;
+      }
+      await new Promise((resolve) => setTimeout(resolve, 200));
     }
-    Promise.resolve(options.start?.()).catch((err) => log.error('start failed', { error: errorText(err) }));
+    await withTimeout(Promise.resolve(options.start?.()), Math.max(deadline - Date.now(), 500),
+      'service start').catch((err) => log.error('start failed', { error: errorText(err) }));
+  }
+
+  void warmUp().finally(() => {
+    if (stopping) {
+      return;
+    }
+    server.listen(port, () => {
+      log.info('listening', { port });
+      // PM2 (wait_ready) counts this instance as up, and on a reload only then
+      // stops the old one.
+      if (typeof process.send === 'function') {
+        process.send('ready');
+      }
+    });
   });
 
   async function shutdown(reason: string): Promise<void> {
