@@ -151,6 +151,8 @@ class HostRun:
             f.dest: f for f in renderer.files(container, playbooks, reveal=True)
         }
         self.pending: list[str] = []
+        # Called once before the first step marked wait_for_data.
+        self.gate: Callable[[], None] | None = None
 
     @property
     def host(self) -> str:
@@ -199,10 +201,13 @@ class HostRun:
                 )
                 self._emit(report, outcome)
                 continue
-            if changed_before and not self.dry_run:
-                states[index] = self.state([(index, step)])[index]
             started = time.monotonic()
             try:
+                if step.wait_for_data and self.gate is not None:
+                    gate, self.gate = self.gate, None
+                    gate()
+                if changed_before and not self.dry_run:
+                    states[index] = self.state([(index, step)])[index]
                 status, detail, diff = self._step(step, states[index])
             except SSHError as exc:
                 outcome = StepOutcome(

@@ -7,6 +7,7 @@ data services answer on their ports.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -17,6 +18,9 @@ from .inventory import Container, Inventory, LoadedInventory
 from .playbooks import Playbook
 from .render import Renderer
 from .ssh import Connection, KnownHosts, Target, parallel, quote
+
+# How long an app container waits for the data containers to be set up.
+GATE_TIMEOUT = 3600.0
 
 
 def wait_for_ports(
@@ -95,14 +99,36 @@ def configure_hosts(
 ) -> list[HostReport]:
     """Configure containers: the data services in parallel, then the app.
 
+    The app containers run alongside the data containers up to their first
+    step marked ``wait_for_data`` (installing Node.js needs no database);
+    there they wait until every data container is done and its service
+    answers on its port, and stop with a clear error if one failed.
+
     ``trust_new`` names containers psa-infra has just created, whose host
     key is recorded on first contact; ``accept_new_keys`` extends that to
     every host whose key is not known yet.
     """
     inventory = loaded.inventory
     chosen = containers or inventory.containers
-    data = [c for c in chosen if c.role != "app"]
-    apps = [c for c in chosen if c.role == "app"]
+    # Data containers first: the pool starts them before any app container,
+    # so an app container waiting at its gate never holds a slot they need.
+    ordered = [c for c in chosen if c.role != "app"] + [
+        c for c in chosen if c.role == "app"
+    ]
+    data_left = {c.hostname for c in ordered if c.role != "app"}
+    data_failed: list[str] = []
+    data_done = threading.Condition()
+
+    def gate(connection: Connection) -> None:
+        with data_done:
+            data_done.wait_for(lambda: not data_left, timeout=GATE_TIMEOUT)
+            if data_left or data_failed:
+                waiting = sorted(data_failed) or sorted(data_left)
+                raise SSHError(
+                    f"[{connection.name}] not continued: the data services it needs "
+                    f"did not get ready ({', '.join(waiting)})"
+                )
+        wait_for_ports(connection, data_endpoints(inventory), timeout=180)
 
     def work(container: Container) -> HostReport:
         trusted = accept_new_keys or container.hostname in trust_new
@@ -112,32 +138,29 @@ def configure_hosts(
             trust_new=trusted,
             connect_deadline=connect_deadline,
         )
+        failed = True
         try:
+            run = HostRun(connection, container, renderer, playbooks, dry_run, report)
             if container.role == "app" and not dry_run:
-                wait_for_ports(connection, data_endpoints(inventory), timeout=180)
-            return HostRun(
-                connection, container, renderer, playbooks, dry_run, report
-            ).run()
+                run.gate = lambda: gate(connection)
+            result = run.run()
+            failed = result.error is not None
+            return result
         finally:
             connection.close()
+            if container.hostname in data_left:
+                with data_done:
+                    data_left.discard(container.hostname)
+                    if failed:
+                        data_failed.append(container.hostname)
+                    data_done.notify_all()
 
     reports: list[HostReport] = []
-    for group in (data, apps):
-        failed = [r.host for r in reports if r.error]
-        if failed and group is apps and not dry_run:
-            for container in group:
-                reports.append(
-                    HostReport(
-                        container.hostname,
-                        error=f"not configured: {', '.join(failed)} failed first",
-                    )
-                )
-            continue
-        for container, result, error in parallel(group, work, limit):
-            if error is None:
-                reports.append(result)
-            elif isinstance(error, SSHError):
-                reports.append(HostReport(container.hostname, error=error.message))
-            else:
-                raise error
+    for container, result, error in parallel(ordered, work, limit):
+        if error is None:
+            reports.append(result)
+        elif isinstance(error, SSHError):
+            reports.append(HostReport(container.hostname, error=error.message))
+        else:
+            raise error
     return reports

@@ -82,6 +82,9 @@ class Step(_Model):
     # A Jinja expression over the template context; the step applies to a
     # container only when it is true, e.g. "'api-gateway' in services".
     when: str | None = None
+    # Wait here until the data services are set up and answer: the steps
+    # before it run while they are still being set up.
+    wait_for_data: bool = False
 
     @model_validator(mode="after")
     def _one_action(self) -> Step:

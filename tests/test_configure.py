@@ -318,3 +318,53 @@ def test_a_handler_lost_to_a_failure_runs_on_the_next_run(
     assert (site / "restarts").read_text() == "restarted\n"
     third = _run(setup)
     assert "restart" not in third
+
+
+def test_the_data_gate_is_passed_once_before_its_step(setup: dict[str, Any]) -> None:
+    from psa_infra.errors import SSHError
+
+    site: Path = setup["site"]
+    setup["playbooks"]["redis"] = Playbook.model_validate(
+        {
+            "role": "redis",
+            "steps": [
+                {"name": "early", "command": {"run": f"touch {site}/early"}},
+                {
+                    "name": "needs data",
+                    "wait_for_data": True,
+                    "command": {"run": f"touch {site}/late"},
+                },
+                {"name": "after", "command": {"run": "true"}},
+            ],
+        }
+    )
+    calls: list[str] = []
+
+    def run_with(gate: Any) -> Any:
+        with setup["connection"]() as connection:
+            run = HostRun(
+                connection,
+                setup["container"],
+                setup["renderer"],
+                setup["playbooks"],
+                pending_dir=str(site / "pending"),
+            )
+            run.gate = gate
+            return run.run()
+
+    def closed() -> None:
+        calls.append("closed")
+        raise SSHError("[psa-app] not continued: the data services it needs failed")
+
+    site.mkdir(exist_ok=True)
+    report = run_with(closed)
+    assert [(o.step, o.status) for o in report.outcomes] == [
+        ("early", CHANGED),
+        ("needs data", FAILED),
+    ]
+    assert (site / "early").exists() and not (site / "late").exists()
+    assert report.error == "[psa-app] not continued: the data services it needs failed"
+    report = run_with(lambda: calls.append("open"))
+    assert calls == ["closed", "open"]
+    assert [o.status for o in report.outcomes] == [CHANGED, CHANGED, CHANGED]
+    assert (site / "late").exists()
