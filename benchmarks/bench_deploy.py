@@ -56,8 +56,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     runs = parser.parse_args().runs
+    # `lab env` answers only while a lab is up.
     brought_up = (
-        subprocess.run([*CLI, "lab", "status"], capture_output=True).returncode != 0
+        subprocess.run([*CLI, "lab", "env"], capture_output=True).returncode != 0
     )
     if brought_up:
         psa("lab", "up", "inventory/mvp.yml")
