@@ -3,9 +3,10 @@
 Needs the lab with the MVP provisioned (it brings the lab up and provisions
 it when the lab is down, and takes it down again at the end in that case).
 Packages two releases of app/, deploys the first, then deploys the other one
-``--runs`` times in turn while four threads send requests through the
-gateway (10.0.20.50:3000) to every service's health, one new connection per
-request. Prints each deploy's wall time and the failed-request count.
+``--runs`` times in turn under a steady load through the gateway
+(10.0.20.50:3000): ``--rate`` requests per second (100 by default; 0 sends
+them as fast as eight threads can) to every service's health, one new
+connection per request. Prints each deploy's wall time and the failed-request count.
 Aim: zero failed requests.
 
     .venv/bin/python benchmarks/bench_deploy.py [--runs 3]
@@ -55,7 +56,11 @@ def lab_env() -> dict[str, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
-    runs = parser.parse_args().runs
+    parser.add_argument(
+        "--rate", type=float, default=100, help="requests per second (0: flat out)"
+    )
+    options = parser.parse_args()
+    runs, rate = options.runs, options.rate
     # `lab env` answers only while a lab is up.
     brought_up = (
         subprocess.run([*CLI, "lab", "env"], capture_output=True).returncode != 0
@@ -80,7 +85,9 @@ def main() -> None:
             for run in range(runs):
                 artifact = artifacts[(run + 1) % 2]
                 paths = [f"/api/v1/{name}/health" for name in SERVICES]
-                load = Load(*GATEWAY, paths, threads=4, max_seconds=600).start()
+                load = Load(
+                    *GATEWAY, paths, threads=8, rate=rate, max_seconds=600
+                ).start()
                 time.sleep(2)
                 started = time.monotonic()
                 psa("deploy", artifact, "inventory/mvp.yml", env=env)

@@ -1,9 +1,10 @@
 """A steady, bounded load on the lab's gateway, counting failed requests.
 
-Used by the deploy and migration tests and benchmarks: a few threads send
-GET requests round-robin to each service's health through the gateway, one
-new connection per request (as browsers and load balancers open many), and
-count every answer that is not 200 and every request that failed. It only
+Used by the deploy tests and benchmarks: a few threads send GET requests
+round-robin to each service's health through the gateway at a steady rate
+(``rate`` requests per second in all; 0 for as fast as they can), one new
+connection per request (as browsers and load balancers open many), and count
+every answer that is not 200 and every request that failed. It only
 talks to the address it is given (a lab container) and stops by itself after
 ``max_seconds`` or ``max_requests``.
 """
@@ -41,12 +42,14 @@ class Load:
         port: int,
         paths: list[str],
         threads: int = 4,
+        rate: float = 0.0,
         max_seconds: float = 600.0,
         max_requests: int = 500_000,
         timeout: float = 5.0,
     ) -> None:
         self.host, self.port, self.paths = host, port, paths
         self.threads = threads
+        self.rate = rate
         self.max_seconds = max_seconds
         self.max_requests = max_requests
         self.timeout = timeout
@@ -74,7 +77,13 @@ class Load:
     def _work(self, number: int) -> None:
         index = number
         deadline = self._started + self.max_seconds
+        interval = self.threads / self.rate if self.rate else 0.0
+        due = time.monotonic() + interval * number / self.threads
         while not self._stop.is_set() and time.monotonic() < deadline:
+            if interval:
+                # A fixed schedule: a slow answer does not lower the rate.
+                self._stop.wait(max(due - time.monotonic(), 0))
+                due += interval
             path = self.paths[index % len(self.paths)]
             index += 1
             outcome = self._one(path)
