@@ -138,3 +138,25 @@ test('SIGINT finishes the in-flight request, closes idle keep-alive sockets, the
   assert.equal(code, 0, gw.output());
   assert.match(gw.output(), /"msg":"stopped"/);
 });
+
+test('a GET left unanswered is tried once more on a new connection', async (t) => {
+  // The first connection is accepted and never answered, as by an instance
+  // that PM2 is stopping; the second is answered.
+  let connections = 0;
+  const server = http.createServer((req, res) => {
+    if (connections === 1) {
+      return; // never answer the first
+    }
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(JSON.stringify({ service: 'flaky', status: 'ok' }));
+  });
+  server.on('connection', () => { connections += 1; });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.after(() => new Promise((r) => { server.closeAllConnections(); server.close(r); }));
+  const gw = await startGateway(t, { flaky: { host: '127.0.0.1', port: server.address().port } });
+  const started = Date.now();
+  const res = await request(gw.port, { path: '/api/v1/flaky/health' });
+  assert.equal(res.status, 200);
+  assert.equal(connections, 2);
+  assert.ok(Date.now() - started < 4500, 'retried after about PROXY_RETRY_AFTER_MS');
+});

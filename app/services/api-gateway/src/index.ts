@@ -36,6 +36,10 @@ function reloadUpstreams(reason: string): void {
 }
 
 const proxyTimeout = intSetting('PROXY_TIMEOUT_MS', 30000);
+// A safe request with no body that has no answer this soon is tried once more
+// on a new connection: during a reload a connection can reach an instance
+// that is stopping and never answer it.
+const retryAfter = intSetting('PROXY_RETRY_AFTER_MS', 3000);
 // Shorter than the services' keep-alive timeout (5 s), so the gateway drops
 // an idle socket before the service closes it under a request.
 const agent = new http.Agent({
@@ -67,6 +71,8 @@ function proxy(req: IncomingMessage, res: ServerResponse, route: Route, upstream
   headers['x-request-id'] = (req.headers['x-request-id'] as string | undefined) ?? randomUUID();
   req.headers['x-request-id'] = headers['x-request-id'];
   headers.host = `${upstream.host}:${upstream.port}`;
+  const retriable = attempt === 0 && SAFE.has(req.method ?? '') && !hasBody(req);
+  const waitFor = retriable ? retryAfter : proxyTimeout;
 
   const outgoing = http.request({
     host: upstream.host,
@@ -77,10 +83,11 @@ function proxy(req: IncomingMessage, res: ServerResponse, route: Route, upstream
     // The retry takes a new connection: other pooled ones may lead to the
     // same stopping instance.
     agent: attempt === 0 ? agent : false,
-    timeout: proxyTimeout,
+    timeout: waitFor,
   });
 
   outgoing.on('response', (incoming) => {
+    outgoing.setTimeout(proxyTimeout);
     res.writeHead(incoming.statusCode ?? 502, endToEndHeaders(incoming.headers));
     pipeline(incoming, res, (err) => {
       if (err) {
@@ -90,15 +97,16 @@ function proxy(req: IncomingMessage, res: ServerResponse, route: Route, upstream
   });
 
   outgoing.on('timeout', () => {
-    outgoing.destroy(Object.assign(new Error(`no answer within ${proxyTimeout} ms`), { code: 'ETIMEDOUT' }));
+    outgoing.destroy(Object.assign(new Error(`no answer within ${waitFor} ms`), { code: 'ETIMEDOUT' }));
   });
 
   outgoing.on('error', (err: NodeJS.ErrnoException) => {
     req.unpipe(outgoing);
-    // A connection reset before any answer: a kept-alive socket the service
-    // closed as it was reused, or a connection handed to an instance that PM2
-    // is stopping. Retried once for safe methods with no body to replay.
-    if (!res.headersSent && err.code === 'ECONNRESET' && SAFE.has(req.method ?? '') && !hasBody(req) && attempt === 0) {
+    // A connection reset or left unanswered before any answer: a kept-alive
+    // socket the service closed as it was reused, or a connection handed to an
+    // instance that PM2 is stopping. Retried once for safe methods with no
+    // body to replay.
+    if (!res.headersSent && retriable && (err.code === 'ECONNRESET' || err.code === 'ETIMEDOUT')) {
       proxy(req, res, route, upstream, attempt + 1);
       return;
     }
