@@ -86,27 +86,28 @@ class Load:
                 due += interval
             path = self.paths[index % len(self.paths)]
             index += 1
-            outcome = self._one(path)
+            outcome, body = self._one(path)
             with self._lock:
                 self.result.requests += 1
                 self.result.statuses[outcome] += 1
                 if outcome != "200":
                     self.result.failed += 1
                     if len(self.result.errors) < 20:
-                        self.result.errors.append(f"{path}: {outcome}")
+                        self.result.errors.append(f"{path}: {outcome} {body[:300]}")
                 if self.result.requests >= self.max_requests:
                     self._stop.set()
 
-    def _one(self, path: str) -> str:
+    def _one(self, path: str) -> tuple[str, str]:
+        """One request: its status (or error name) and the start of its body."""
         connection = http.client.HTTPConnection(
             self.host, self.port, timeout=self.timeout
         )
         try:
             connection.request("GET", path, headers={"Connection": "close"})
             response = connection.getresponse()
-            response.read()
-            return str(response.status)
+            body = response.read(2048).decode(errors="replace")
+            return str(response.status), body
         except (OSError, http.client.HTTPException) as exc:
-            return type(exc).__name__
+            return type(exc).__name__, ""
         finally:
             connection.close()

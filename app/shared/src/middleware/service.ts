@@ -90,8 +90,11 @@ export function runService(options: ServiceOptions): RunningService {
     });
     const extra = options.health?.() ?? { ok: true, details: {} };
     const ok = extra.ok && results.every((r) => r.status === 'ok');
-    const status = stopping ? 'stopping' : ok ? 'ok' : 'degraded';
-    sendJson(res, status === 'ok' ? 200 : 503, {
+    const status = !ok ? 'degraded' : stopping ? 'stopping' : 'ok';
+    // A stopping instance still answers the requests it was handed (PM2's
+    // cluster stops routing to it), so stopping alone is no failure: 200,
+    // with the status saying so.
+    sendJson(res, ok ? 200 : 503, {
       service: options.name,
       status,
       version,
