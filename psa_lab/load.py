@@ -4,7 +4,8 @@ Used by the deploy tests and benchmarks: a few threads send GET requests
 round-robin to each service's health through the gateway at a steady rate
 (``rate`` requests per second in all; 0 for as fast as they can), one new
 connection per request (as browsers and load balancers open many), and count
-every answer that is not 200 and every request that failed. It only
+as failed every answer that is not 200 and every request that errs or has no
+answer within ``timeout`` (10 s, as autocannon and most HTTP clients). It only
 talks to the address it is given (a lab container) and stops by itself after
 ``max_seconds`` or ``max_requests``.
 """
@@ -45,7 +46,7 @@ class Load:
         rate: float = 0.0,
         max_seconds: float = 600.0,
         max_requests: int = 500_000,
-        timeout: float = 5.0,
+        timeout: float = 10.0,
     ) -> None:
         self.host, self.port, self.paths = host, port, paths
         self.threads = threads
