@@ -28,6 +28,7 @@ from .errors import TemplateError
 from .inventory import Container, Inventory, LoadedInventory
 from .playbooks import Playbook, Step, steps_for
 from .secrets import MASK, Secret
+from .yamlsrc import LOADER
 
 CREATE_TEMPLATE = "lxc/create.yml.j2"
 CONTEXT_LINES = 2
@@ -70,6 +71,9 @@ class Renderer:
             lstrip_blocks=True,
             autoescape=False,
         )
+        # Paths, commands and conditions in playbooks, compiled once each.
+        self._inline: dict[str, jinja2.Template] = {}
+        self._tests: dict[str, Any] = {}
         self.env.filters["tojson"] = _tojson
         self.env.filters["js"] = _tojson
         self.env.filters["mib_fraction"] = _mib_fraction
@@ -158,7 +162,7 @@ class Renderer:
         """Return the Proxmox API parameters that create ``container``."""
         text = self.render(CREATE_TEMPLATE, self.context(container, reveal=False))
         try:
-            params = yaml.safe_load(text)
+            params = yaml.load(text, Loader=LOADER)  # noqa: S506 - a safe loader
         except yaml.YAMLError as exc:
             raise TemplateError(
                 f"{CREATE_TEMPLATE} did not render to valid YAML for "
@@ -254,7 +258,9 @@ class Renderer:
         if "{{" not in text and "{%" not in text:
             return text
         try:
-            result = self.env.from_string(text).render(context)
+            if text not in self._inline:
+                self._inline[text] = self.env.from_string(text)
+            result = self._inline[text].render(context)
         except jinja2.TemplateError as exc:
             hint = None
             if "'secrets' is undefined" in str(exc):
@@ -276,7 +282,11 @@ class Renderer:
             return True
         try:
             # undefined_to_none would turn a misspelt name into a silent False.
-            test = self.env.compile_expression(step.when, undefined_to_none=False)
+            if step.when not in self._tests:
+                self._tests[step.when] = self.env.compile_expression(
+                    step.when, undefined_to_none=False
+                )
+            test = self._tests[step.when]
             return bool(test(**context))
         except jinja2.TemplateError as exc:
             raise TemplateError(
