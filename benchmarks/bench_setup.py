@@ -59,7 +59,8 @@ INVENTORY = ROOT / "inventory" / "mvp.yml"
 PSA_INFRA = Path(sys.executable).parent / "psa-infra"
 PACKAGES = ("redis-server", "postgresql-15")
 TOOLS = ("pyinfra>=3,<4", "ansible-core>=2.19,<2.20")
-# From the issue, on a machine of the same kind (2 cores): first, re-run, dry.
+# Reference figures measured earlier on a machine of the same kind (2 cores):
+# first run, re-run, dry run.
 REFERENCE = {
     "apt alone": (72.0, None, None),
     "pyinfra 3.10": (70.6, 2.4, 1.3),
@@ -642,7 +643,7 @@ def report(rows: list[Row], split: dict[str, float], runs: int) -> None:
     for row in rows:
         for note in row.notes:
             print(f"  {row.tool}: {note}")
-    print("\nReference figures from the issue (same kind of machine):")
+    print("\nReference figures measured earlier (same kind of machine):")
     for tool, (first, rerun, dry) in REFERENCE.items():
         print(f"  {tool:<14} first {cell(first)}, re-run {cell(rerun)}, "
               f"dry {cell(dry)}")  # fmt: skip
