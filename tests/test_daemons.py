@@ -529,7 +529,7 @@ class _Health(http.server.BaseHTTPRequestHandler):
         self.end_headers()
 
     def log_message(self, format: str, *args: object) -> None:
-        pass
+        """Keep the test's output quiet: requests are not logged."""
 
 
 def test_health_check_fails_when_a_service_does_not_answer(tmp_path: Path) -> None:
