@@ -43,8 +43,6 @@ HEALTH_TIMEOUT = 90.0
 class DeployError(PsaInfraError):
     """A release could not be deployed; the message says what state it left."""
 
-    exit_code = PsaInfraError.exit_code
-
 
 @dataclass
 class ServiceHealth:

@@ -8,6 +8,7 @@ error here: a repeated key in an inventory is almost always a mistake.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,9 +60,10 @@ class Document:
         """
         key, sep, text = assignment.partition("=")
         parts = tuple(key.strip().split("."))
-        if not sep or not all(parts):
+        if not sep or not all(parts) or not re.fullmatch(r"[\w.-]+", key.strip()):
+            # The text may hold a mistyped secret: name it by position only.
             raise InventoryError(
-                f"{source}: '{assignment}' is not KEY=VALUE",
+                f"{source}: an override is not KEY=VALUE",
                 hint="for example --set packages.nodejs=debian",
             )
         try:
@@ -82,7 +84,9 @@ class Document:
                 )
             node = child
         node[parts[-1]] = value
-        self.overrides[parts] = f"{source} {key}={text}"
+        # A value under secrets is never a valid override, and is never shown.
+        shown = "********" if parts[0] == "secrets" else text
+        self.overrides[parts] = f"{source} {key}={shown}"
 
 
 def format_loc(loc: Loc) -> str:

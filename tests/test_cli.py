@@ -349,3 +349,19 @@ def test_unexpected_error_prints_one_line_and_keeps_the_trace(
     assert "RuntimeError: boom" in trace.read_text()
     trace.unlink()
     assert "Traceback" not in result.stderr
+
+
+def test_overrides_apply_and_never_echo_a_secret(cli: Run) -> None:
+    result = cli("--set", "packages.nodejs=debian", "plan", "--offline")
+    assert result.exit_code == 0
+    assert "packages nodejs npm" in result.stdout
+    result = cli("--set", "packages.nodejs=node22", "validate", "inventory/mvp.yml")
+    assert result.exit_code == 3
+    assert result.stderr.startswith(
+        "psa-infra: error: inventory/mvp.yml (--set packages.nodejs=node22): "
+        "packages.nodejs: must be one of"
+    )
+    for given in ("secrets.postgres_password=hunter2", "secrets.pw hunter2"):
+        result = cli("--set", given, "validate", "inventory/mvp.yml")
+        assert result.exit_code == 3
+        assert "hunter2" not in result.stdout + result.stderr
