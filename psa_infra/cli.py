@@ -135,11 +135,16 @@ def project_of(ctx: typer.Context) -> Project:
     return find_project(options.root, overrides=options.overrides)
 
 
-def load(project: Project, given: Path | None) -> LoadedInventory:
-    """Load and check one inventory, printing its warnings to stderr."""
+def load(project: Project, given: Path | None, moves: bool = True) -> LoadedInventory:
+    """Load and check one inventory, printing its warnings to stderr.
+
+    With ``moves``, the services migrate-service has moved are placed where
+    its journals say (see psa_infra.placement).
+    """
     import os
 
     from .inventory import load_inventory
+    from .placement import moves_of, with_moves
 
     path = project.inventory_path(given)
     overrides = [
@@ -151,6 +156,15 @@ def load(project: Project, given: Path | None) -> LoadedInventory:
     loaded = load_inventory(path, project.shown(path), project.root, overrides)
     for warning in loaded.warnings:
         print(f"psa-infra: warning: {warning}", file=sys.stderr)
+    found = moves_of(project.state, loaded.inventory.name) if moves else []
+    if found:
+        loaded = with_moves(loaded, found)
+        shown = ", ".join(
+            f"{m.service} -> {m.target.hostname}"
+            + ("" if m.stage == "moved" else f" ({m.stage})")
+            for m in found
+        )
+        print(f"psa-infra: note: migrated services: {shown}", file=sys.stderr)
     return loaded
 
 
@@ -199,7 +213,7 @@ def validate(
     loaded, problems, hints = [], [], []
     for path in paths:
         try:
-            loaded.append(load(project, path))
+            loaded.append(load(project, path, moves=False))
         except InventoryError as exc:
             problems.extend(exc.problems)
             hints.append(exc.hint)
@@ -545,7 +559,7 @@ def _crash(exc: BaseException) -> int:
 
 
 # Commands that change the cluster and the hosts register themselves on `app`.
-from . import cli_app, cli_hosts  # noqa: E402,F401
+from . import cli_app, cli_hosts, cli_migrate  # noqa: E402,F401
 
 # The local lab is a separate package (psa_lab); without it the core CLI still works.
 try:

@@ -21,6 +21,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -338,6 +339,11 @@ class Inventory(_Model):
     elasticsearch: ElasticsearchSettings = Field(default_factory=ElasticsearchSettings)
     app: AppSettings
     containers: list[Container] = Field(min_length=1)
+    # Set by migrations (psa_infra.placement), never by the file: which
+    # container the gateway sends a service's requests to while it runs in
+    # two places, and which old gateways forward to a new one.
+    _routes: dict[str, str] = PrivateAttr(default_factory=dict)
+    _forwards: dict[str, str] = PrivateAttr(default_factory=dict)
 
     def by_role(self, role: str) -> list[Container]:
         """Return the containers of one role, in inventory order."""
@@ -363,8 +369,31 @@ class Inventory(_Model):
         return container.node or self.proxmox.node
 
     def placement(self) -> dict[str, Container]:
-        """Map each service to the container it runs on."""
-        return {name: c for c in self.containers for name in c.services}
+        """Map each service to the container the gateway sends it to."""
+        found = {name: c for c in self.containers for name in c.services}
+        by_name = {c.hostname: c for c in self.containers}
+        for service, host in self._routes.items():
+            if host in by_name and service in by_name[host].services:
+                found[service] = by_name[host]
+        return found
+
+    def routes(self) -> dict[str, str]:
+        """Services that a migration routes to a given container (hostname)."""
+        return dict(self._routes)
+
+    def forwards(self) -> dict[str, str]:
+        """Old gateway containers that forward to the new one (hostnames)."""
+        return dict(self._forwards)
+
+    def forward_of(self, container: Container) -> Container | None:
+        """The container this one's gateway forwards every request to, if any."""
+        target = self._forwards.get(container.hostname)
+        return next((c for c in self.containers if c.hostname == target), None)
+
+    def set_routing(self, routes: dict[str, str], forwards: dict[str, str]) -> None:
+        """Record a migration's routing (see :mod:`psa_infra.placement`)."""
+        self._routes = dict(routes)
+        self._forwards = dict(forwards)
 
 
 class LoadedInventory:
@@ -374,6 +403,8 @@ class LoadedInventory:
         self.inventory = inventory
         self.document = document
         self.warnings: list[str] = []
+        # Service moves applied to the file's layout (psa_infra.placement).
+        self.moves: list[Any] = []
 
     @property
     def path(self) -> Path:

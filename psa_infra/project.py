@@ -44,8 +44,12 @@ class Project:
 
     @property
     def state(self) -> Path:
-        """Where psa-infra keeps what it learns (known hosts, journals)."""
-        return self.root / ".state"
+        """Where psa-infra keeps what it learns (known hosts, migration journals).
+
+        ``.state`` under the root, or PSA_INFRA_STATE.
+        """
+        given = os.environ.get("PSA_INFRA_STATE")
+        return Path(given) if given else self.root / ".state"
 
     def inventory_path(self, given: Path | None) -> Path:
         """Resolve an inventory argument: as given, else relative to the root."""

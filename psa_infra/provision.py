@@ -497,23 +497,27 @@ class Applier:
     def _task_since(
         self, node: str, vmid: int | None, kind: str
     ) -> Callable[[float], str | None]:
-        """A resolver for a lost answer: the UPID of the task it started, if any."""
+        return task_since(self.client, node, vmid, kind)
 
-        def resolve(since: float) -> str | None:
-            params: dict[str, Any] = {"typefilter": kind, "source": "all", "limit": 20}
-            params["since"] = int(since)
-            if vmid is not None:
-                params["vmid"] = vmid
-            for task in self.client.get(f"/nodes/{node}/tasks", params) or []:
-                # Filtered here too: not every PVE version honours every filter.
-                if task.get("type") == kind and int(task.get("starttime", 0)) >= int(
-                    since
-                ):
-                    if vmid is None or str(task.get("id")) == str(vmid):
-                        return str(task["upid"])
-            return None
 
-        return resolve
+def task_since(
+    client: Client, node: str, vmid: int | None, kind: str
+) -> Callable[[float], str | None]:
+    """A resolver for a lost answer: the UPID of the task it started, if any."""
+
+    def resolve(since: float) -> str | None:
+        params: dict[str, Any] = {"typefilter": kind, "source": "all", "limit": 20}
+        params["since"] = int(since)
+        if vmid is not None:
+            params["vmid"] = vmid
+        for task in client.get(f"/nodes/{node}/tasks", params) or []:
+            # Filtered here too: not every PVE version honours every filter.
+            if task.get("type") == kind and int(task.get("starttime", 0)) >= int(since):
+                if vmid is None or str(task.get("id")) == str(vmid):
+                    return str(task["upid"])
+        return None
+
+    return resolve
 
 
 def check_ready(problems: list[str]) -> None:

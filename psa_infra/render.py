@@ -105,6 +105,17 @@ class Renderer:
             {str(inventory.networks[c.bridge].subnet) for c in inventory.by_role("app")}
         )
 
+        forward_to = inventory.forward_of(container)
+        forward = (
+            {
+                "host": str(forward_to.address),
+                "port": forward_to.services["api-gateway"].port,
+                "container": forward_to.hostname,
+            }
+            if forward_to is not None and "api-gateway" in forward_to.services
+            else None
+        )
+
         def address(role: str) -> str:
             found = inventory.by_role(role)
             return str(found[0].address) if found else ""
@@ -117,6 +128,7 @@ class Renderer:
             "node": inventory.node_of(container),
             "services": {n: container.services[n] for n in ordered},
             "upstreams": upstreams,
+            "forward": forward,
             "app_networks": app_networks,
             "hosts": {
                 "postgresql": address("postgresql"),

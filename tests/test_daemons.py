@@ -193,7 +193,7 @@ def _install(cluster: Cluster, source: Path) -> Path:
 
 @pytest.mark.parametrize(
     ("inventory", "max_connections", "work_mem"),
-    [("mvp", "500", str(16 * 1024)), ("production", "600", str(13 * 1024))],
+    [("mvp", "500", str(16 * 1024)), ("production", "700", str(11 * 1024))],
 )
 def test_postgres_reads_rendered_settings(
     cluster: Cluster, rendered: Rendered, inventory: str, max_connections: str,

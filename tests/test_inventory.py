@@ -121,7 +121,7 @@ def test_validate_all_inventories_by_default(cli: Callable[..., object]) -> None
         "inventory/mvp.yml: valid (5 containers, 8 services; PostgreSQL "
         "connections 410 of 500)",
         "inventory/production.yml: valid (12 containers, 8 services; PostgreSQL "
-        "connections 550 of 600)",
+        "connections 550 of 700)",
     ]
 
 

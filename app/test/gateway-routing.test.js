@@ -3,7 +3,7 @@ const assert = require('node:assert/strict');
 const { test } = require('node:test');
 
 const {
-  routeRequest, parseUpstreams, endToEndHeaders,
+  routeRequest, parseUpstreams, parseForward, endToEndHeaders,
 } = require('../services/api-gateway/dist/routing');
 
 test('routes /api/v1/<service>/health to the service\'s own /health', () => {
@@ -52,4 +52,11 @@ test('drops hop-by-hop headers, including those Connection names', () => {
     }),
     { 'content-type': 'application/json', 'set-cookie': ['a=1', 'b=2'] },
   );
+});
+
+test('reads the forwarding stage of a gateway that moved', () => {
+  const text = JSON.stringify({ services: {}, forward: { host: '10.0.20.52', port: 3000 } });
+  assert.deepEqual(parseForward(text), { host: '10.0.20.52', port: 3000 });
+  assert.equal(parseForward(JSON.stringify({ services: {} })), undefined);
+  assert.throws(() => parseForward('{"services": {}, "forward": {"host": "h"}}', 'u.json'), /u\.json: forward\.port/);
 });

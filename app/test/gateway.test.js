@@ -160,3 +160,32 @@ test('a GET left unanswered is tried once more on a new connection', async (t) =
   assert.equal(connections, 2);
   assert.ok(Date.now() - started < 4500, 'retried after about PROXY_RETRY_AFTER_MS');
 });
+
+test('a forwarding stage passes every request on unchanged and names the gateway behind it', async (t) => {
+  const up = await standIn();
+  t.after(() => up.close());
+  const behind = await startGateway(t, { slow: { host: '127.0.0.1', port: up.port } });
+  const front = await startGateway(t, {});
+  fs.writeFileSync(path.join(front.root, 'config', 'upstreams.json'), JSON.stringify({
+    services: {}, forward: { host: '127.0.0.1', port: behind.port },
+  }));
+  front.child.kill('SIGHUP');
+  let res;
+  for (let i = 0; i < 50; i++) {
+    res = await request(front.port, { path: '/api/v1/slow/health' });
+    if (res.status === 200) break;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  assert.equal(res.status, 200);
+  assert.deepEqual(res.json, { service: 'slow', status: 'ok' });
+  assert.equal(up.seen.at(-1).url, '/health');
+  assert.equal(up.seen.at(-1).headers['x-forwarded-for'], '127.0.0.1, 127.0.0.1');
+  // The header comes from the gateway that routed it, not the stage in front.
+  const direct = await request(behind.port, { path: '/api/v1/slow/health' });
+  assert.equal(res.headers['x-psa-gateway'], direct.headers['x-psa-gateway']);
+  assert.ok(res.headers['x-psa-gateway']);
+
+  const own = await request(front.port, { path: '/health' });
+  assert.equal(own.status, 200, 'a forwarding stage with no services of its own is healthy');
+  assert.deepEqual(own.json.upstreams.forward, { host: '127.0.0.1', port: behind.port });
+});

@@ -12,12 +12,22 @@ const path = require('node:path');
 
 const APP = path.resolve(__dirname, '..');
 
+// Ports for the services under test come from below the kernel's ephemeral
+// range (32768 and up), so no client socket of a concurrent test file can
+// hold one when the service binds it; each is checked free on every address.
 async function freePort() {
-  const server = net.createServer();
-  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address();
-  await new Promise((resolve) => server.close(resolve));
-  return port;
+  for (;;) {
+    const port = 20000 + Math.floor(Math.random() * 12000);
+    const server = net.createServer();
+    const bound = await new Promise((resolve) => {
+      server.once('error', () => resolve(false));
+      server.listen(port, () => resolve(true));
+    });
+    if (bound) {
+      await new Promise((resolve) => server.close(resolve));
+      return port;
+    }
+  }
 }
 
 /** A TCP server that accepts connections and never sends a byte. */

@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import http, { IncomingMessage, ServerResponse } from 'node:http';
+import os from 'node:os';
 import path from 'node:path';
 import { pipeline } from 'node:stream';
 
@@ -19,16 +20,18 @@ loadEnvFile();
 
 const file = upstreamsPath();
 let upstreams: UpstreamMap = new Map();
+// Set when this gateway is a forwarding stage on an old address.
+let forward: Upstream | undefined;
 let loadedAt: string | undefined;
 let loadError: string | undefined;
 
 /** Read the upstream map; on failure keep the one in use and report why. */
 function reloadUpstreams(reason: string): void {
   try {
-    upstreams = loadUpstreams(file);
+    ({ services: upstreams, forward } = loadUpstreams(file));
     loadedAt = new Date().toISOString();
     loadError = undefined;
-    log.info('upstream map loaded', { reason, file, services: [...upstreams.keys()] });
+    log.info('upstream map loaded', { reason, file, services: [...upstreams.keys()], forward });
   } catch (err) {
     loadError = errorText(err);
     log.error('upstream map not loaded', { reason, error: loadError });
@@ -49,6 +52,10 @@ const agent = new http.Agent({
 });
 
 const SAFE = new Set(['GET', 'HEAD', 'OPTIONS']);
+// Every answer names the gateway that routed it, so an operator (and
+// psa-infra's migration checks) can tell which one clients reach.
+const GATEWAY_HEADER = 'x-psa-gateway';
+const hostname = os.hostname();
 
 function hasBody(req: IncomingMessage): boolean {
   const length = req.headers['content-length'];
@@ -88,7 +95,12 @@ function proxy(req: IncomingMessage, res: ServerResponse, route: Route, upstream
 
   outgoing.on('response', (incoming) => {
     outgoing.setTimeout(proxyTimeout);
-    res.writeHead(incoming.statusCode ?? 502, endToEndHeaders(incoming.headers));
+    const answer = endToEndHeaders(incoming.headers);
+    // A forwarding stage passes on the header of the gateway behind it.
+    if (answer[GATEWAY_HEADER] === undefined) {
+      answer[GATEWAY_HEADER] = hostname;
+    }
+    res.writeHead(incoming.statusCode ?? 502, answer);
     pipeline(incoming, res, (err) => {
       if (err) {
         outgoing.destroy();
@@ -140,6 +152,10 @@ function proxy(req: IncomingMessage, res: ServerResponse, route: Route, upstream
 }
 
 function fallback({ req, res }: RequestContext): void {
+  if (forward) {
+    proxy(req, res, { service: 'api-gateway', path: req.url ?? '/' }, forward);
+    return;
+  }
   const route = routeRequest(req.url ?? '/');
   if (!route) {
     sendJson(res, 404, { error: 'not_found', service: NAME, message: 'routes are /api/v1/<service>/...' });
@@ -166,12 +182,13 @@ runService({
   dependencies: [],
   fallback,
   health: () => ({
-    ok: upstreams.size > 0,
+    ok: upstreams.size > 0 || forward !== undefined,
     details: {
       upstreams: {
         file,
         loaded_at: loadedAt,
         error: loadError,
+        forward,
         services: Object.fromEntries(upstreams),
       },
     },

@@ -47,31 +47,48 @@ export function routeRequest(target: string): Route | null {
 
 export class UpstreamsError extends Error {}
 
-/** Parse config/upstreams.json: {"services": {name: {host, port}}}. */
-export function parseUpstreams(text: string, file = 'upstreams.json'): UpstreamMap {
-  let doc: unknown;
+function parseJson(text: string, file: string): unknown {
   try {
-    doc = JSON.parse(text);
+    return JSON.parse(text);
   } catch (err) {
     throw new UpstreamsError(`${file}: not valid JSON (${(err as Error).message})`);
   }
+}
+
+function checkUpstream(value: unknown, where: string): Upstream {
+  const { host, port } = (value ?? {}) as { host?: unknown; port?: unknown };
+  if (typeof host !== 'string' || host === '') {
+    throw new UpstreamsError(`${where}.host must be a non-empty string`);
+  }
+  if (typeof port !== 'number' || !Number.isInteger(port) || port < 1 || port > 65535) {
+    throw new UpstreamsError(`${where}.port must be an integer from 1 to 65535`);
+  }
+  return { host, port };
+}
+
+/**
+ * The gateway a forwarding stage passes every request to, unchanged: set
+ * in upstreams.json as "forward": {host, port} once the gateway has moved
+ * to its own container and this one only keeps its old address answering.
+ */
+export function parseForward(text: string, file = 'upstreams.json'): Upstream | undefined {
+  const forward = (parseJson(text, file) as { forward?: unknown } | null)?.forward;
+  return forward === undefined ? undefined : checkUpstream(forward, `${file}: forward`);
+}
+
+/** Parse config/upstreams.json: {"services": {name: {host, port}}}. */
+export function parseUpstreams(text: string, file = 'upstreams.json'): UpstreamMap {
+  const doc = parseJson(text, file);
   const services = (doc as { services?: unknown } | null)?.services;
   if (typeof services !== 'object' || services === null || Array.isArray(services)) {
     throw new UpstreamsError(`${file}: expected an object under "services"`);
   }
   const map: UpstreamMap = new Map();
   for (const [name, value] of Object.entries(services)) {
-    const { host, port } = (value ?? {}) as { host?: unknown; port?: unknown };
     if (!SERVICE_NAME.test(name)) {
       throw new UpstreamsError(`${file}: service name ${JSON.stringify(name)} is not lower-case letters, digits and '-'`);
     }
-    if (typeof host !== 'string' || host === '') {
-      throw new UpstreamsError(`${file}: services.${name}.host must be a non-empty string`);
-    }
-    if (typeof port !== 'number' || !Number.isInteger(port) || port < 1 || port > 65535) {
-      throw new UpstreamsError(`${file}: services.${name}.port must be an integer from 1 to 65535`);
-    }
-    map.set(name, { host, port });
+    map.set(name, checkUpstream(value, `${file}: services.${name}`));
   }
   return map;
 }
@@ -81,14 +98,14 @@ export function upstreamsPath(env: NodeJS.ProcessEnv = process.env): string {
   return env.UPSTREAMS_FILE || path.join(appRoot(env), 'config', 'upstreams.json');
 }
 
-export function loadUpstreams(file: string): UpstreamMap {
+export function loadUpstreams(file: string): { services: UpstreamMap; forward?: Upstream } {
   let text: string;
   try {
     text = fs.readFileSync(file, 'utf8');
   } catch (err) {
     throw new UpstreamsError(`${file}: cannot read (${(err as NodeJS.ErrnoException).code ?? err})`);
   }
-  return parseUpstreams(text, file);
+  return { services: parseUpstreams(text, file), forward: parseForward(text, file) };
 }
 
 // Hop-by-hop headers (RFC 9110 7.6.1) belong to one connection, not the message.

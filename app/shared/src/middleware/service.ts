@@ -1,4 +1,5 @@
 import http, { IncomingMessage, ServerResponse } from 'node:http';
+import os from 'node:os';
 
 import { checkPostgres, closePostgres } from '../database';
 import { BrokerUnavailable, checkRabbitMQ, closeRabbitMQ } from '../rabbitmq';
@@ -98,6 +99,7 @@ export function runService(options: ServiceOptions): RunningService {
       service: options.name,
       status,
       version,
+      host: os.hostname(),
       pid: process.pid,
       uptime_s: Math.round((Date.now() - started) / 1000),
       dependencies,
