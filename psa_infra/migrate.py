@@ -323,8 +323,12 @@ class Migration:
                 getattr(self, "_do_" + name)()
             except PsaInfraError as exc:
                 self._failed(name, exc)
+            took = round(time.monotonic() - started, 2)
+            seconds = dict(self.journal.data.get("seconds") or {})
+            seconds[name] = took
+            self.journal.data["seconds"] = seconds
             self.journal.finish(name)
-            log.info("%s took %.1f s", name, time.monotonic() - started)
+            log.info("%s took %.1f s", name, took)
         self.journal.set(status="done", finished=now(), error=None)
 
     def _failed(self, step: str, exc: PsaInfraError) -> None:

@@ -57,9 +57,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
         settings["PSA_INFRA_STATE"] = str(state)
         settings["PSA_TEST_RELEASES"] = str(releases)
         psa_infra("provision", "--yes", MVP, env=settings)
-        done = psa_infra(
-            "package", "app", "--out", str(releases), "--version", "2.0.0"
-        )
+        done = psa_infra("package", "app", "--out", str(releases), "--version", "2.0.0")
         psa_infra("deploy", done.stdout.split()[0], MVP, env=settings)
         yield settings
 
@@ -143,7 +141,8 @@ def test_auth_moves_under_load_with_no_failed_request(lab: dict[str, str]) -> No
     took = time.monotonic() - started
     time.sleep(2)
     result = load.stop()
-    print(f"migrate auth {took:.1f} s; {result.requests} requests, {result.failed} failed")
+    print(f"migrate auth {took:.1f} s; {result.requests} requests, {result.failed} "
+          "failed")  # fmt: skip
     assert result.requests > RATE * took * 0.9
     assert result.failed == 0, result.errors
     served_only_by("auth", "psa-auth")
@@ -206,9 +205,7 @@ def test_every_service_moved_leaves_nothing_to_plan(lab: dict[str, str]) -> None
     psa_infra("provision", "--yes", PRODUCTION, *only, env=lab)
     for service in rest:
         migrate(lab, service)
-    plan = psa_infra(
-        "plan", PRODUCTION, "--detailed-exitcode", env=lab, check=False
-    )
+    plan = psa_infra("plan", PRODUCTION, "--detailed-exitcode", env=lab, check=False)
     assert plan.returncode == 0, plan.stdout + plan.stderr
     health = json.loads(psa_infra("health", "--json", MVP, env=lab).stdout)
     placed = {h["service"]: h["host"] for h in health if h["host"] != "psa-app"}
