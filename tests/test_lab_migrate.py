@@ -28,6 +28,7 @@ from psa_lab.load import Load
 
 pytestmark = [
     pytest.mark.lab,
+    pytest.mark.migration,
     pytest.mark.skipif(
         sys.platform != "linux" or os.geteuid() != 0,
         reason="the lab needs root on Linux (Debian 12)",
