@@ -1,3 +1,4 @@
+import cluster from 'node:cluster';
 import http, { IncomingMessage, ServerResponse } from 'node:http';
 import os from 'node:os';
 
@@ -57,6 +58,28 @@ function isUnavailable(err: unknown): boolean {
   const message = err instanceof Error ? err.message : '';
   return (code !== undefined && UNAVAILABLE.has(code)) ||
     /timeout|Connection terminated|not connected|Connection is closed/i.test(message);
+}
+
+/**
+ * Hand back every connection the cluster master is still sending us.
+ *
+ * Under PM2's cluster mode the master accepts each connection and passes it to
+ * an instance over IPC. One it passed just before it heard that this instance
+ * closed its server is still on its way; this instance refuses it on arrival
+ * and the master gives it to another. An instance that exits sooner strands it,
+ * and its client waits for an answer that never comes. Disconnecting from the
+ * cluster waits for the master's answer to a last message, and the master's
+ * messages arrive in order, so once it resolves no connection is in flight.
+ */
+export function leaveCluster(): Promise<void> {
+  const worker = cluster.isWorker ? cluster.worker : undefined;
+  if (worker === undefined || !process.connected) {
+    return Promise.resolve();
+  }
+  return new Promise((resolve) => {
+    process.once('disconnect', () => resolve());
+    worker.disconnect();
+  });
 }
 
 /**
@@ -240,6 +263,9 @@ export function runService(options: ServiceOptions): RunningService {
       log.warn('closing connections with requests still running', { error: errorText(err), inFlight: active.size });
       server.closeAllConnections();
     }
+
+    await withTimeout(leaveCluster(), 2000, 'leaving the PM2 cluster').catch((err) =>
+      log.warn('left the cluster without its answer', { error: errorText(err) }));
 
     try {
       await withTimeout(Promise.resolve(options.stop?.()), 2000, 'service stop');
