@@ -7,14 +7,19 @@ Registered on the app of :mod:`psa_infra.cli`; the work is in
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from .cli import _client, _public_key, app, load, project_of, stdout_console
 from .cli_hosts import AcceptNew, CaFile, Insecure
 from .errors import MigrationError, PsaInfraError
+
+if TYPE_CHECKING:
+    from .migrate import Setting
 
 
 @app.command("migrate-service")
@@ -87,7 +92,8 @@ def migrate_service(
     Example: psa-infra migrate-service auth --to-inventory inventory/production.yml
     """
     from .checks import check_coexistence
-    from .migrate import Migration, Setting, locked
+    from .migrate import Setting, locked
+    from .placement import journals_dir
     from .playbooks import load_playbooks
     from .secrets import masked_secrets, resolve_secrets
     from .ssh import KnownHosts
@@ -126,9 +132,28 @@ def migrate_service(
         accept_new_keys=accept_new_host_keys,
         say=say,
     )
+    # The journal is read under the lock, so a second run sees what the
+    # first one wrote, or stops at once while it runs. A dry run changes
+    # nothing and takes no lock.
+    folder = journals_dir(project.state, source.inventory.name)
+    with nullcontext() if dry_run else locked(folder):
+        _migrate(setting, service, project.shown, resume, rollback, dry_run, yes)
+
+
+def _migrate(
+    setting: Setting,
+    service: str,
+    shown_path: Callable[[Path], Path],
+    resume: bool,
+    rollback: bool,
+    dry_run: bool,
+    yes: bool,
+) -> None:
+    from .migrate import Migration
+
     migration = Migration(setting, service)
     journal = migration.journal
-    shown = project.shown(migration.path)
+    shown = shown_path(migration.path)
     if journal is None:
         if resume or rollback:
             raise MigrationError(
@@ -172,15 +197,14 @@ def migrate_service(
         if not typer.confirm("Go ahead?", default=False):
             raise PsaInfraError("nothing was changed: not confirmed")
 
-    with locked(migration.folder):
-        if rollback:
-            assert journal is not None
-            migration.roll_back()
-            print(f"{service} is back on {migration.old.hostname}; migration undone")
-            return
-        if journal is None:
-            migration.start()
-        migration.run()
+    if rollback:
+        assert journal is not None
+        migration.roll_back()
+        print(f"{service} is back on {migration.old.hostname}; migration undone")
+        return
+    if journal is None:
+        migration.start()
+    migration.run()
     assert migration.journal is not None
     new = migration.new
     print(

@@ -291,3 +291,27 @@ def test_wrong_requests_are_refused_before_any_change(
     assert result.exit_code == 8, result.stderr
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_second_migration_of_the_inventory_stops_at_once(
+    cli: Run,
+    tmp_path: Path,
+    production: LoadedInventory,
+    monkeypatch: pytest.MonkeyPatch,
+    secrets_env: dict[str, str],
+) -> None:
+    from psa_infra.migrate import locked
+
+    monkeypatch.setenv("PSA_INFRA_STATE", str(tmp_path))
+    journal(tmp_path, production, "crm", stage="staged", status="running",
+            done=["preflight", "snapshot", "container"], running="setup")  # fmt: skip
+    with locked(journals_dir(tmp_path, "psa-mvp")):
+        result = cli("migrate-service", "auth", "--yes")
+        assert result.exit_code == 8
+        assert "another psa-infra migration of this inventory is running" in (
+            result.stderr
+        )
+        # A dry run changes nothing and is not held up.
+        result = cli("migrate-service", "crm", "--dry-run")
+        assert result.exit_code == 0, result.stderr
+        assert "done" in result.stdout
