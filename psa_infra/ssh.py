@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 TAIL_LINES = 12
 DEFAULT_TIMEOUT = 600.0
+# Seconds to wait for the end of the output once a command has exited.
+EOF_GRACE = 2.0
 
 
 def quote(value: object) -> str:
@@ -429,26 +431,38 @@ def _load_key(path: Path) -> paramiko.PKey:
 
 
 def _collect(channel: Any, timeout: float) -> tuple[str, str, int]:
-    """Read a command's output until it exits; TimeoutError past ``timeout``."""
+    """Read a command's output until it exits; TimeoutError past ``timeout``.
+
+    sshd may send the exit status before the last of the output, so the
+    output is read on until the end of the stream (EOF). A command that
+    leaves a background process holding its output open sends no EOF: after
+    ``EOF_GRACE`` seconds past the exit status, what has arrived is taken.
+    """
     out, err = bytearray(), bytearray()
     deadline = time.monotonic() + timeout
+    exited_at: float | None = None
     channel.setblocking(False)
     while True:
         while channel.recv_ready():
             out += channel.recv(65536)
         while channel.recv_stderr_ready():
             err += channel.recv_stderr(65536)
+        now = time.monotonic()
+        if exited_at is None and channel.exit_status_ready():
+            exited_at = now
         if (
-            channel.exit_status_ready()
+            exited_at is not None
+            and (channel.eof_received or now - exited_at > EOF_GRACE)
             and not channel.recv_ready()
-            and not (channel.recv_stderr_ready())
+            and not channel.recv_stderr_ready()
         ):
             break
-        remaining = deadline - time.monotonic()
+        remaining = deadline - now
         if remaining <= 0:
             channel.close()
             raise TimeoutError
-        select.select([channel], [], [], min(remaining, 1.0))
+        wait = min(remaining, 1.0 if exited_at is None else 0.05)
+        select.select([channel], [], [], wait)
     code = channel.recv_exit_status()
     channel.close()
     return out.decode(errors="replace"), err.decode(errors="replace"), code

@@ -98,6 +98,31 @@ def test_command_timeout(server: Server, tmp_path: Path) -> None:
         assert connection.run("echo ok").stdout == "ok\n"
 
 
+def test_output_is_read_to_its_end(server: Server, tmp_path: Path) -> None:
+    known = KnownHosts(tmp_path / "known_hosts")
+    with Connection(_target(server), known, trust_new=True) as connection:
+        # Many commands in a row, each with output much larger than a packet
+        # and written at the last moment: none loses its end.
+        script = "head -c 300000 /dev/zero | tr '\\0' x; printf END"
+        for _ in range(20):
+            result = connection.run(script)
+            assert len(result.stdout) == 300003 and result.stdout.endswith("xEND")
+        for _ in range(50):
+            assert connection.run("stat -c %U /").stdout == "root\n"
+
+
+def test_a_background_process_holding_the_output_does_not_hold_the_run(
+    server: Server, tmp_path: Path
+) -> None:
+    known = KnownHosts(tmp_path / "known_hosts")
+    with Connection(_target(server), known, trust_new=True) as connection:
+        started = time.monotonic()
+        result = connection.run("(sleep 8; echo late) & echo now")
+        took = time.monotonic() - started
+    assert result.stdout == "now\n"
+    assert took < 6
+
+
 def test_put_is_atomic_with_mode_and_owner(server: Server, tmp_path: Path) -> None:
     known = KnownHosts(tmp_path / "known_hosts")
     target = tmp_path / "remote" / "file.conf"
