@@ -94,9 +94,16 @@ def provision(
         ),
     ] = False,
     parallel: Annotated[
-        int,
-        typer.Option("--parallel", min=1, max=32, help="Containers worked on at once."),
-    ] = 4,
+        int | None,
+        typer.Option(
+            "--parallel",
+            min=1,
+            max=32,
+            help="Containers worked on at once: heavy PVE tasks (default 4) and "
+            "hosts set up over SSH (default 8).",
+            show_default=False,
+        ),
+    ] = None,
     task_timeout: Annotated[
         float,
         typer.Option("--task-timeout", min=1, help="Seconds to wait per PVE task."),
@@ -126,9 +133,10 @@ def provision(
 
     Example: psa-infra provision --yes inventory/mvp.yml
     """
+    from .hosts import HOST_PARALLEL
     from .output import plan_text
     from .playbooks import load_playbooks
-    from .provision import check_ready, read_plan
+    from .provision import DEFAULT_PARALLEL, check_ready, read_plan
     from .provision import live_plan as make_plan
     from .render import Renderer
     from .secrets import masked_secrets, resolve_secrets
@@ -150,10 +158,11 @@ def provision(
             file=sys.stderr,
         )
     renderer = Renderer(project.templates, loaded, masked_secrets(loaded), public_key)
+    api_parallel = parallel or DEFAULT_PARALLEL
     client = _client(ca_file, insecure)
     try:
         _, _, result, problems, downloads = read_plan(
-            client, loaded, renderer, only or (), replace or (), parallel
+            client, loaded, renderer, only or (), replace or (), api_parallel
         )
         check_ready(problems)
         live = make_plan(loaded, str(loaded.path), result, [])
@@ -172,7 +181,9 @@ def provision(
                 plan_text(live, stdout_console())
                 if not typer.confirm("Apply these changes?", default=False):
                     raise PsaInfraError("nothing was changed: not confirmed")
-            outcomes = _apply(client, loaded, result, downloads, parallel, task_timeout)
+            outcomes = _apply(
+                client, loaded, result, downloads, api_parallel, task_timeout
+            )
     finally:
         client.close()
     # With --json and the hosts to follow, one JSON document comes at the end.
@@ -205,7 +216,7 @@ def provision(
         made,
         dry_run,
         accept_new_host_keys,
-        parallel,
+        parallel or HOST_PARALLEL,
     )
     _report_hosts(reports, as_json, outcomes)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import logging
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -33,6 +34,9 @@ OK, CHANGED, SKIPPED, FAILED = "ok", "changed", "skipped", "failed"
 # A notified handler is marked here on the host until it has run, so a run
 # that stops between a change and its handler still runs it the next time.
 PENDING = "/var/lib/psa-infra/pending-handlers"
+# Paths read in the batched probe: nothing the shell or sha256sum would
+# quote or escape. Others are read one by one.
+PLAIN_PATH = re.compile(r"^/[A-Za-z0-9._/+@-]+$")
 DIFF_LINES = 60
 GUARD_TIMEOUT = 120
 APT_ENV = "DEBIAN_FRONTEND=noninteractive"
@@ -81,14 +85,11 @@ class HostReport:
 
 
 def _probe(index: int, step: Step) -> str:
-    """A shell snippet printing ``index<TAB>state`` for one step."""
+    """A shell snippet printing ``index<TAB>state`` for one step.
+
+    Packages steps are read together, in :meth:`HostRun.state`.
+    """
     tag = f"printf '%s\\t%s\\n' {index}"
-    if step.packages is not None:
-        names = " ".join(quote(p) for p in step.packages)
-        return (
-            f"m=; for p in {names}; do dpkg-query -W -f='${{db:Status-Abbrev}}' "
-            f'"$p" 2>/dev/null | grep -q "^ii" || m="$m $p"; done; {tag} "$m"'
-        )
     if step.directory is not None:
         path = quote(step.directory.path)
         return f"{tag} \"$(stat -c '%F|%a|%U|%G' {path} 2>/dev/null || echo missing)\""
@@ -159,26 +160,77 @@ class HostRun:
         return self.container.hostname
 
     def state(self, indexed: list[tuple[int, Step]]) -> dict[int, str]:
-        """Read the state of several steps, and pending handlers, in one command."""
-        script = "\n".join(_probe(i, s) for i, s in indexed)
+        """Read the state of several steps, and pending handlers, in one command.
+
+        Every package of every step is looked up in one dpkg-query call (a
+        packages step's state is the list of its packages not installed), and
+        the files in one sha256sum and one stat call, which is most of the
+        time a converged host takes.
+        """
+        names = sorted({p for _, s in indexed if s.packages for p in s.packages})
+        dests = {s.file.dest for _, s in indexed if s.file is not None}
+        files = sorted(d for d in dests if PLAIN_PATH.match(d))
+        lines = [
+            _probe(i, s)
+            for i, s in indexed
+            if s.packages is None and not (s.file and s.file.dest in files)
+        ]
+        if files:
+            listed = " ".join(files)
+            lines.insert(
+                0,
+                f"sha256sum -- {listed} 2>/dev/null | sed 's/^/sum\\t/'; "
+                f"stat --printf 'stat\\t%n\\t%a|%U|%G\\n' -- {listed} 2>/dev/null; "
+                "printf 'stat\\n'",
+            )
+        if names:
+            lines.insert(
+                0,
+                "dpkg-query -W -f='pkg\\t${Package}\\t${db:Status-Abbrev}\\n' "
+                + " ".join(quote(n) for n in names)
+                + " 2>/dev/null; printf 'pkg\\n'",
+            )
         listing = f"ls {quote(self.pending_dir)} 2>/dev/null | tr '\\n' ' '"
-        script += f"\nprintf 'pending\\t%s\\n' \"$({listing})\""
-        script += "\nwait\n"
+        lines.append(f"printf 'pending\\t%s\\n' \"$({listing})\"")
+        lines.append("wait\n")
         result = self.connection.run(
             "bash -s",
-            stdin=script.encode(),
+            stdin="\n".join(lines).encode(),
             step="read state",
             timeout=600,
             shown="(read the state of the steps)",
         )
         states: dict[int, str] = {}
+        installed: set[str] = set()
+        packages_read = files_read = False
+        sums: dict[str, str] = {}
+        stats: dict[str, str] = {}
         for line in result.stdout.splitlines():
             index, _, value = line.partition("\t")
             if index.isdigit():
                 states[int(index)] = value
+            elif index == "sum":
+                digest, _, path = value.partition("  ")
+                sums[path] = digest
+            elif index == "stat":
+                path, _, owned = value.partition("\t")
+                files_read = files_read or not path
+                stats[path] = owned
+            elif index == "pkg":
+                name, _, status = value.partition("\t")
+                packages_read = packages_read or not name
+                if status.startswith("ii"):
+                    installed.add(name)
             elif index == "pending":
                 marks = set(value.split())
                 self.pending = [h for h in self.handlers if _mark(h) in marks]
+        for i, step in indexed:
+            if step.packages is not None and (packages_read or not names):
+                states[i] = " ".join(p for p in step.packages if p not in installed)
+            elif step.file is not None and files_read and step.file.dest in files:
+                dest = step.file.dest
+                both = dest in sums and dest in stats
+                states[i] = f"{sums[dest]}|{stats[dest]}" if both else "missing"
         missing = [i for i, _ in indexed if i not in states]
         if missing:
             raise SSHError(

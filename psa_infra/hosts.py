@@ -21,6 +21,8 @@ from .ssh import Connection, KnownHosts, Target, parallel, quote
 
 # How long an app container waits for the data containers to be set up.
 GATE_TIMEOUT = 3600.0
+# Hosts set up at once by default: each is one SSH connection, mostly waiting.
+HOST_PARALLEL = 8
 
 
 def wait_for_ports(
@@ -93,7 +95,7 @@ def configure_hosts(
     dry_run: bool = False,
     trust_new: frozenset[str] = frozenset(),
     accept_new_keys: bool = False,
-    limit: int = 8,
+    limit: int = HOST_PARALLEL,
     connect_deadline: float = 60.0,
     report: Callable[[StepOutcome], None] | None = None,
 ) -> list[HostReport]:
