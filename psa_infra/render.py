@@ -48,6 +48,25 @@ class RenderedFile:
     template: str
 
 
+def _bytecode_cache() -> Any:
+    """A cache of compiled templates kept between runs, or None.
+
+    Keyed by each template's source, so a run compiles only the templates
+    that changed. It lives in the user's cache folder, made private to the
+    user; one that cannot be made, or is open to others, is not used.
+    """
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    folder = Path(base) / "psa-infra" / "templates"
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        status = folder.stat()
+    except OSError:
+        return None
+    if status.st_uid != os.getuid() or status.st_mode & 0o077:
+        return None
+    return jinja2.FileSystemBytecodeCache(str(folder))
+
+
 class Renderer:
     """Templates of one project, rendered against one inventory."""
 
@@ -70,6 +89,7 @@ class Renderer:
             trim_blocks=True,
             lstrip_blocks=True,
             autoescape=False,
+            bytecode_cache=_bytecode_cache(),
         )
         # Paths, commands and conditions in playbooks, compiled once each.
         self._inline: dict[str, jinja2.Template] = {}
