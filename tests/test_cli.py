@@ -354,7 +354,7 @@ def test_unexpected_error_prints_one_line_and_keeps_the_trace(
 def test_overrides_apply_and_never_echo_a_secret(cli: Run) -> None:
     result = cli("--set", "packages.nodejs=debian", "plan", "--offline")
     assert result.exit_code == 0
-    assert "packages nodejs npm" in result.stdout
+    assert "npm from the npm registry" in result.stdout
     result = cli("--set", "packages.nodejs=node22", "validate", "inventory/mvp.yml")
     assert result.exit_code == 3
     assert result.stderr.startswith(

@@ -474,8 +474,8 @@ SOURCE_CASES = [
     (
         "psa-app",
         "nodejs=debian",
-        ["node 18 and npm from Debian"],
-        [["cron", "tar", "gzip"], ["nodejs", "npm"]],
+        ["node 18 from Debian", "npm from the npm registry"],
+        [["cron", "tar", "gzip"], ["nodejs"]],
         set(),
     ),
     (
