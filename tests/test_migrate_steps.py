@@ -172,20 +172,28 @@ class Recorded(Migration):
         return super().__getattribute__(name)
 
 
+def failed_run(
+    root: Path, state: Path, failing: str
+) -> tuple[Recorded, MigrationError]:
+    """A recorded migration of auth that fails in step ``failing``."""
+    migration = Recorded(setting(root, state), "auth", failing)
+    migration.start()
+    with pytest.raises(MigrationError) as raised:
+        migration.run()
+    return migration, raised.value
+
+
 @pytest.mark.parametrize("failing", ["route", "retire", "verify"])
 def test_a_failure_after_routing_points_the_gateway_back_first(
     project_root: Path, tmp_path: Path, failing: str
 ) -> None:
-    migration = Recorded(setting(project_root, tmp_path), "auth", failing)
-    migration.start()
-    with pytest.raises(MigrationError) as raised:
-        migration.run()
+    migration, error = failed_run(project_root, tmp_path, failing)
     ran = STEP_NAMES[: STEP_NAMES.index(failing) + 1]
     # verify changes nothing, so it has nothing to undo.
     undone = [s for s in ("retire", "route") if s in ran]
     assert migration.calls == [f"do_{s}" for s in ran] + [f"undo_{s}" for s in undone]
-    assert "the gateway sends auth to psa-app again" in raised.value.message
-    assert "--resume (or --rollback)" in str(raised.value.hint)
+    assert "the gateway sends auth to psa-app again" in error.message
+    assert "--resume (or --rollback)" in str(error.hint)
     assert migration.journal is not None
     assert migration.journal.status == "failed"
     assert migration.journal.stage == "staged"
@@ -199,12 +207,9 @@ def test_a_failure_after_routing_points_the_gateway_back_first(
 def test_a_failure_before_routing_leaves_the_done_steps(
     project_root: Path, tmp_path: Path, failing: str
 ) -> None:
-    migration = Recorded(setting(project_root, tmp_path), "auth", failing)
-    migration.start()
-    with pytest.raises(MigrationError) as raised:
-        migration.run()
+    migration, error = failed_run(project_root, tmp_path, failing)
     assert not [c for c in migration.calls if c.startswith("undo_")]
-    assert "again" not in raised.value.message
+    assert "again" not in error.message
     assert migration.journal is not None
     assert migration.journal.done == list(STEP_NAMES[: STEP_NAMES.index(failing)])
 
